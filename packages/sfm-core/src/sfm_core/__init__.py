@@ -1,0 +1,3 @@
+"""SFM core: Spatial Frequency Modulation (ARS + MSAU) for semantic segmentation, in PyTorch."""
+
+__version__ = "0.1.0"

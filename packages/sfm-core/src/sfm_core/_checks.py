@@ -1,0 +1,74 @@
+"""Argument checks shared by every public function: one wording for every error message."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+_FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(
+    name: str,
+    value: object,
+    *,
+    ndim: int,
+    floating: bool = True,
+    shape_hint: str = "",
+) -> torch.Tensor:
+    """Return ``value`` if it is a tensor of rank ``ndim`` (and floating when asked), else raise."""
+    hint = f" {shape_hint}" if shape_hint else ""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor{hint}, got {type(value).__name__}")
+    if value.dim() != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D tensor{hint}, got shape {tuple(value.shape)}")
+    if floating and value.dtype not in _FLOATING:
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "
+            f"got {value.dtype}"
+        )
+    return value
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    """Raise if the named tensors do not all live on one device."""
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"tensors must be on the same device, got {listing}")
+
+
+def check_same_batch(**tensors: torch.Tensor) -> None:
+    """Raise if the named tensors disagree in their first (batch) dimension."""
+    sizes = {name: t.shape[0] for name, t in tensors.items()}
+    if len(set(sizes.values())) > 1:
+        listing = ", ".join(f"{n}={s}" for n, s in sizes.items())
+        raise ValueError(f"batch sizes must agree, got {listing}")
+
+
+def check_size(name: str, value: object) -> tuple[int, int]:
+    """Return ``value`` as ``(height, width)`` of positive ints, else raise."""
+    if (
+        not isinstance(value, Sequence)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise TypeError(f"{name} must be a (height, width) pair of ints, got {value!r}")
+    height, width = value
+    if height < 1 or width < 1:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return int(height), int(width)
+
+
+def check_positive(name: str, value: object, *, integer: bool = False) -> None:
+    """Raise unless ``value`` is a positive number (a positive int when ``integer``)."""
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        kind = "a positive int" if integer else "a positive number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the reference computes in: at least float32, float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)

@@ -1,0 +1,52 @@
+"""One local-pixel-relation step: a dilated 3x3 dynamic aggregation (SPEC section 3.2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sfm_core._checks import (
+    check_positive,
+    check_same_batch,
+    check_same_device,
+    check_tensor,
+    compute_dtype,
+)
+
+TAPS = 9  # the 3x3 neighbourhood, tap n at offset (n // 3 - 1, n % 3 - 1) * dilation (dy, dx)
+
+
+def lprm_aggregate(v: torch.Tensor, logits: torch.Tensor, dilation: int) -> torch.Tensor:
+    """``out(c, p) = sum_n softmax_n(logits)(p) * v(c, clamp(p + dilation * o_n))``.
+
+    Args:
+        v: values ``[B, K, H, W]``.
+        logits: relation logits ``[B, 9, H, W]``; tap ``n`` sits at offset
+            ``(n // 3 - 1, n % 3 - 1) * dilation`` in ``(dy, dx)``; the softmax runs over the 9.
+        dilation: spacing of the taps in pixels; out-of-map taps read the nearest edge pixel.
+
+    Returns:
+        ``[B, K, H, W]`` in ``v.dtype``; the same 9 weights apply to every channel.
+    """
+    check_tensor("v", v, ndim=4, shape_hint="[B, K, H, W]")
+    check_tensor("logits", logits, ndim=4, shape_hint="[B, 9, H, W]")
+    check_positive("dilation", dilation, integer=True)
+    check_same_device(v=v, logits=logits)
+    check_same_batch(v=v, logits=logits)
+    if logits.shape[1] != TAPS:
+        raise ValueError(
+            f"logits must have 9 channels ([B, 9, H, W]), got shape {tuple(logits.shape)}"
+        )
+    if logits.shape[-2:] != v.shape[-2:]:
+        raise ValueError(
+            f"logits and v must share H, W, got logits {tuple(logits.shape)} and v {tuple(v.shape)}"
+        )
+    height, width = v.shape[-2:]
+    dtype = compute_dtype(torch.promote_types(v.dtype, logits.dtype))
+    weights = torch.softmax(logits.to(dtype), dim=1)
+    padded = F.pad(v.to(dtype), (dilation,) * 4, mode="replicate")
+    out = torch.zeros_like(v, dtype=dtype)
+    for tap in range(TAPS):
+        dy, dx = (tap // 3) * dilation, (tap % 3) * dilation
+        out = out + weights[:, tap : tap + 1] * padded[:, :, dy : dy + height, dx : dx + width]
+    return out.to(v.dtype)

@@ -1,0 +1,218 @@
+"""Non-uniform upsampling: demodulation of a warped lattice onto the uniform grid (SPEC 3.1).
+
+Each lattice cell is split along its shorter diagonal (in target pixels) into two triangles;
+every target pixel centre takes the barycentric blend of the triangle that contains it (the
+lowest triangle id wins on shared edges), and a pixel no triangle covers takes the value of the
+nearest lattice point. ``rasterize`` finds indices and weights, ``gather`` applies them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sfm_core._checks import (
+    check_same_batch,
+    check_same_device,
+    check_size,
+    check_tensor,
+    compute_dtype,
+)
+from sfm_core.functional.positions import check_positions
+
+VERTICES = 3
+# Candidate (triangle, pixel) pairs handled at once: bounds rasterize's memory for any mesh.
+_CANDIDATE_CHUNK = 1 << 22
+# Barycentric slack (float64): a pixel centre on a shared edge must land in at least one triangle.
+_INSIDE_TOL = 1e-9
+
+
+def _triangles(height: int, width: int, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
+    """Vertex ids ``[B, 2 (h-1)(w-1), 3]`` of the lattice triangles, split on the shorter diagonal."""
+    device = px.device
+    ids = torch.arange(height * width, device=device).view(height, width)
+    a, b = ids[:-1, :-1].reshape(-1), ids[:-1, 1:].reshape(-1)
+    c, d = ids[1:, :-1].reshape(-1), ids[1:, 1:].reshape(-1)
+    flat_x, flat_y = px.flatten(1), py.flatten(1)
+
+    def squared_length(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return (flat_x[:, p] - flat_x[:, q]).square() + (flat_y[:, p] - flat_y[:, q]).square()
+
+    split_ad = (squared_length(a, d) <= squared_length(b, c)).unsqueeze(-1)  # [B, cells, 1]
+    along_ad = torch.stack([torch.stack([a, b, d], -1), torch.stack([a, d, c], -1)], 1)
+    along_bc = torch.stack([torch.stack([a, b, c], -1), torch.stack([b, d, c], -1)], 1)
+    cells = a.numel()
+    chosen = torch.where(split_ad.unsqueeze(-1), along_ad.unsqueeze(0), along_bc.unsqueeze(0))
+    return chosen.reshape(px.shape[0], 2 * cells, VERTICES)
+
+
+def rasterize(positions: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per target pixel: the 3 source lattice indices and barycentric weights.
+
+    Args:
+        positions: ``[B, 2, h, w]`` normalized image positions (x, y) of the lattice points.
+        size: target ``(Ho, Wo)``; target pixel ``(i, j)`` sits at ``((j + .5)/Wo, (i + .5)/Ho)``.
+
+    Returns:
+        ``index`` ``[B, Ho, Wo, 3]`` (int64, flat ``h * w`` ids) and ``weights`` ``[B, Ho, Wo, 3]``
+        (float32, float64 for float64 positions; each row sums to 1). Not differentiable.
+    """
+    check_positions(positions)
+    out_h, out_w = check_size("size", size)
+    batch, _, height, width = positions.shape
+    device = positions.device
+    # Rasterization decides containment, so it runs in float64 whatever the input precision.
+    pos = positions.detach().to(torch.float64)
+    px, py = pos[:, 0] * out_w, pos[:, 1] * out_h  # target pixel units
+    index = torch.zeros(batch * out_h * out_w, VERTICES, dtype=torch.int64, device=device)
+    weights = torch.zeros(batch * out_h * out_w, VERTICES, dtype=torch.float64, device=device)
+    covered = torch.zeros(batch * out_h * out_w, dtype=torch.bool, device=device)
+    if height > 1 and width > 1:
+        _fill_triangles(px, py, (height, width), (out_h, out_w), index, weights, covered)
+    _fill_nearest(px, py, (out_h, out_w), index, weights, covered)
+    out_dtype = compute_dtype(positions.dtype)
+    shape = (batch, out_h, out_w, VERTICES)
+    return index.view(shape), weights.to(out_dtype).view(shape)
+
+
+def _fill_triangles(
+    px: torch.Tensor,
+    py: torch.Tensor,
+    lattice: tuple[int, int],
+    target: tuple[int, int],
+    index: torch.Tensor,
+    weights: torch.Tensor,
+    covered: torch.Tensor,
+) -> None:
+    """Write barycentric indices/weights of every pixel centre inside a lattice triangle."""
+    out_h, out_w = target
+    tris = _triangles(*lattice, px, py)  # [B, T, 3]
+    per_image = tris.shape[1]
+    flat_x, flat_y = px.flatten(1), py.flatten(1)
+    tx = torch.gather(flat_x, 1, tris.flatten(1)).view(tris.shape)
+    ty = torch.gather(flat_y, 1, tris.flatten(1)).view(tris.shape)
+    # Pixel centres (k + 0.5) inside the bounding box, in index units.
+    x_lo = torch.ceil(tx.amin(-1) - 0.5 - 1e-7).clamp(0, out_w).long()
+    x_hi = torch.floor(tx.amax(-1) - 0.5 + 1e-7).clamp(-1, out_w - 1).long()
+    y_lo = torch.ceil(ty.amin(-1) - 0.5 - 1e-7).clamp(0, out_h).long()
+    y_hi = torch.floor(ty.amax(-1) - 0.5 + 1e-7).clamp(-1, out_h - 1).long()
+    box_w = (x_hi - x_lo + 1).clamp_min(0)
+    box_h = (y_hi - y_lo + 1).clamp_min(0)
+    det = (ty[..., 1] - ty[..., 2]) * (tx[..., 0] - tx[..., 2]) + (tx[..., 2] - tx[..., 1]) * (
+        ty[..., 0] - ty[..., 2]
+    )
+    counts = torch.where(det.abs() > 1e-12, box_w * box_h, torch.zeros_like(box_w)).flatten()
+    flat_tris = tris.flatten(0, 1)
+    tx, ty, det = tx.flatten(0, 1), ty.flatten(0, 1), det.flatten()
+    x_lo, y_lo, box_w = x_lo.flatten(), y_lo.flatten(), box_w.flatten()
+
+    ends = torch.cumsum(counts, 0)
+    starts = ends - counts
+    tri_start, tri_total = 0, counts.numel()
+    while tri_start < tri_total:
+        # Whole triangles per chunk, in increasing id, so "first writer wins" = "lowest id wins".
+        budget = starts[tri_start] + _CANDIDATE_CHUNK
+        tri_end = max(int(torch.searchsorted(ends, budget, right=True)), tri_start + 1)
+        chunk = torch.arange(tri_start, tri_end, device=px.device)
+        tri = torch.repeat_interleave(chunk, counts[tri_start:tri_end])
+        offset = torch.arange(tri.numel(), device=px.device) - (starts[tri] - starts[tri_start])
+        tri_start = tri_end
+        col = x_lo[tri] + offset % box_w[tri]
+        row = y_lo[tri] + torch.div(offset, box_w[tri], rounding_mode="floor")
+        qx, qy = col.to(torch.float64) + 0.5, row.to(torch.float64) + 0.5
+        vx, vy, d = tx[tri], ty[tri], det[tri]
+        l0 = ((vy[:, 1] - vy[:, 2]) * (qx - vx[:, 2]) + (vx[:, 2] - vx[:, 1]) * (qy - vy[:, 2])) / d
+        l1 = ((vy[:, 2] - vy[:, 0]) * (qx - vx[:, 2]) + (vx[:, 0] - vx[:, 2]) * (qy - vy[:, 2])) / d
+        bary = torch.stack([l0, l1, 1.0 - l0 - l1], -1)
+        image = torch.div(tri, per_image, rounding_mode="floor")
+        pixel = (image * out_h + row) * out_w + col
+        keep = (bary >= -_INSIDE_TOL).all(-1) & ~covered[pixel]
+        tri, pixel, bary = tri[keep], pixel[keep], bary[keep].clamp_min(0.0)
+        winner = torch.full_like(covered, torch.iinfo(torch.int64).max, dtype=torch.int64)
+        winner.scatter_reduce_(0, pixel, tri, reduce="amin")
+        won = winner[pixel] == tri
+        pixel, bary = pixel[won], bary[won]
+        index[pixel] = flat_tris[tri[won]]
+        weights[pixel] = bary / bary.sum(-1, keepdim=True)
+        covered[pixel] = True
+
+
+def _fill_nearest(
+    px: torch.Tensor,
+    py: torch.Tensor,
+    target: tuple[int, int],
+    index: torch.Tensor,
+    weights: torch.Tensor,
+    covered: torch.Tensor,
+) -> None:
+    """Give every still uncovered pixel the value of its nearest lattice point."""
+    out_h, out_w = target
+    points = torch.stack([px.flatten(1), py.flatten(1)], -1)  # [B, h*w, 2]
+    missing = (~covered).nonzero().squeeze(1)
+    rows_per_chunk = max(1, _CANDIDATE_CHUNK // points.shape[1])
+    for chunk in missing.split(rows_per_chunk):
+        image = torch.div(chunk, out_h * out_w, rounding_mode="floor")
+        within = chunk - image * out_h * out_w
+        centre = torch.stack(
+            [
+                (within % out_w).to(torch.float64) + 0.5,
+                torch.div(within, out_w, rounding_mode="floor").to(torch.float64) + 0.5,
+            ],
+            -1,
+        )
+        distance = (points[image] - centre.unsqueeze(1)).square().sum(-1)
+        nearest = distance.argmin(-1)
+        index[chunk] = nearest.unsqueeze(-1).expand(-1, VERTICES)
+        weights[chunk] = torch.tensor([1.0, 0.0, 0.0], dtype=weights.dtype, device=weights.device)
+
+
+def gather(z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``y(k, p) = sum_t weights(p, t) * z(k, index(p, t))``: ``[B, K, h, w] -> [B, K, Ho, Wo]``.
+
+    Differentiable in ``z`` and ``weights``; computed in at least float32, returned in ``z.dtype``.
+    """
+    check_tensor("z", z, ndim=4, shape_hint="[B, K, h, w]")
+    check_tensor("index", index, ndim=4, floating=False, shape_hint="[B, Ho, Wo, 3]")
+    check_tensor("weights", weights, ndim=4, shape_hint="[B, Ho, Wo, 3]")
+    check_same_device(z=z, index=index, weights=weights)
+    check_same_batch(z=z, index=index, weights=weights)
+    if index.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"index must be int32 or int64, got {index.dtype}")
+    if index.shape != weights.shape or index.shape[-1] != VERTICES:
+        raise ValueError(
+            f"index and weights must both be [B, Ho, Wo, 3], got {tuple(index.shape)} and "
+            f"{tuple(weights.shape)}"
+        )
+    sources = z.shape[2] * z.shape[3]
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= sources):
+        raise ValueError(f"index must lie in [0, h*w) = [0, {sources}), got values outside it")
+    batch, channels = z.shape[:2]
+    out_h, out_w = index.shape[1:3]
+    dtype = compute_dtype(torch.promote_types(z.dtype, weights.dtype))
+    flat_z = z.to(dtype).flatten(2)
+    flat_index = index.long().flatten(1, 2)  # [B, P, 3]
+    flat_weights = weights.to(dtype).flatten(1, 2)
+    out = torch.zeros(batch, channels, out_h * out_w, dtype=dtype, device=z.device)
+    for vertex in range(VERTICES):
+        taken = torch.gather(flat_z, 2, flat_index[:, None, :, vertex].expand(batch, channels, -1))
+        out = out + flat_weights[:, None, :, vertex] * taken
+    return out.view(batch, channels, out_h, out_w).to(z.dtype)
+
+
+def nonuniform_upsample(
+    z: torch.Tensor, positions: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """Demodulate ``z`` ``[B, K, h, w]`` sampled at ``positions`` ``[B, 2, h, w]`` onto ``size``.
+
+    Piecewise-linear interpolation on the lattice's own triangles; gradient flows to ``z`` only.
+    """
+    check_tensor("z", z, ndim=4, shape_hint="[B, K, h, w]")
+    check_positions(positions)
+    check_same_device(z=z, positions=positions)
+    check_same_batch(z=z, positions=positions)
+    if positions.shape[-2:] != z.shape[-2:]:
+        raise ValueError(
+            f"positions and z must share h, w, got positions {tuple(positions.shape)} and "
+            f"z {tuple(z.shape)}"
+        )
+    index, weights = rasterize(positions, size)
+    return gather(z, index, weights)

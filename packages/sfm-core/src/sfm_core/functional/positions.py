@@ -1,0 +1,85 @@
+"""Composite positions: where each feature pixel sits in the input image (SPEC section 2).
+
+Positions are ``[B, 2, h, w]`` tensors of normalized image coordinates ``(x, y)`` in ``(0, 1)``
+(pixel ``j`` of a ``W``-wide image has ``x = (j + 0.5) / W``). They are bookkeeping, not learned:
+every function here returns a detached tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sfm_core._checks import (
+    check_positive,
+    check_same_batch,
+    check_same_device,
+    check_size,
+    check_tensor,
+)
+from sfm_core.functional.resample import check_grid
+
+
+def check_positions(positions: torch.Tensor, name: str = "positions") -> torch.Tensor:
+    """Raise unless ``positions`` is a floating ``[B, 2, h, w]`` tensor."""
+    check_tensor(name, positions, ndim=4, shape_hint="[B, 2, h, w]")
+    if positions.shape[1] != 2:
+        raise ValueError(
+            f"{name} must have 2 channels (x, y) ([B, 2, h, w]), got shape {tuple(positions.shape)}"
+        )
+    return positions
+
+
+def identity_positions(
+    batch: int,
+    height: int,
+    width: int,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Positions of a uniform ``height x width`` lattice: pixel centres, ``[batch, 2, h, w]``."""
+    check_positive("batch", batch, integer=True)
+    check_positive("height", height, integer=True)
+    check_positive("width", width, integer=True)
+    dtype = dtype or torch.get_default_dtype()
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
+    grid = torch.stack([xs.view(1, -1).expand(height, width), ys.view(-1, 1).expand(height, width)])
+    return grid.unsqueeze(0).expand(batch, 2, height, width).contiguous()
+
+
+def resize_positions(positions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Positions after a layer that changes the map to ``size``: bilinear, ``align_corners=False``."""
+    check_positions(positions)
+    height, width = check_size("size", size)
+    if positions.shape[-2:] == (height, width):
+        return positions.detach()
+    return F.interpolate(
+        positions.detach(), size=(height, width), mode="bilinear", align_corners=False
+    )
+
+
+def compose_positions(positions: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Positions after an ARS with sampling ``grid`` ``[B, H, W, 2]``: ``[B, 2, H, W]``.
+
+    ``positions`` is first resized to the grid's ``H x W``, then sampled at the grid (bilinear,
+    border padding), which composes the warps.
+    """
+    check_positions(positions)
+    check_grid(grid)
+    check_same_device(positions=positions, grid=grid)
+    check_same_batch(positions=positions, grid=grid)
+    height, width = grid.shape[1:3]
+    resized = resize_positions(positions, (height, width))
+    dtype = torch.promote_types(resized.dtype, grid.dtype)
+    composed = F.grid_sample(
+        resized.to(dtype),
+        grid.detach().to(dtype),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
+    return composed.to(positions.dtype)

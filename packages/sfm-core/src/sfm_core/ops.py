@@ -1,0 +1,52 @@
+"""Public SFM ops: the reference's contract, run by the backend chosen per call.
+
+Use these (the :mod:`sfm_core.nn` modules do); :mod:`sfm_core.functional` is the reference that
+never dispatches. ``backend`` is ``"reference"``, ``"auto"`` (default) or a plug-in name such as
+``"triton"``; the ``SFM_BACKEND`` environment variable sets the default.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sfm_core import functional as reference
+from sfm_core.backends import implementation
+
+
+def saliency_grid(
+    logits: torch.Tensor,
+    *,
+    window: int = 5,
+    fwhm: float = 3.0,
+    s_min: float = 1e-3,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """See :func:`sfm_core.functional.saliency_grid`."""
+    run = implementation("saliency_grid", logits.device, backend, reference.saliency_grid)
+    return run(logits, window=window, fwhm=fwhm, s_min=s_min)  # type: ignore[no-any-return]
+
+
+def resample(x: torch.Tensor, grid: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """See :func:`sfm_core.functional.resample`."""
+    run = implementation("resample", x.device, backend, reference.resample)
+    return run(x, grid)  # type: ignore[no-any-return]
+
+
+def nonuniform_upsample(
+    z: torch.Tensor,
+    positions: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """See :func:`sfm_core.functional.nonuniform_upsample`."""
+    run = implementation("nonuniform_upsample", z.device, backend, reference.nonuniform_upsample)
+    return run(z, positions, size)  # type: ignore[no-any-return]
+
+
+def lprm_aggregate(
+    v: torch.Tensor, logits: torch.Tensor, dilation: int, *, backend: str | None = None
+) -> torch.Tensor:
+    """See :func:`sfm_core.functional.lprm_aggregate`."""
+    run = implementation("lprm_aggregate", v.device, backend, reference.lprm_aggregate)
+    return run(v, logits, dilation)  # type: ignore[no-any-return]
