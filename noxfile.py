@@ -20,7 +20,7 @@ PYTHON = "3.11"
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "typecheck", "tests-core", "tests-triton", "tests-d2"]
+nox.options.sessions = ["lint", "typecheck", "tests-core"]
 
 
 def install(session: nox.Session, *requirements: str) -> None:
