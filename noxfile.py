@@ -20,7 +20,7 @@ PYTHON = "3.11"
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "typecheck", "tests-core"]
+nox.options.sessions = ["lint", "typecheck", "tests-core", "tests-triton"]
 
 
 def install(session: nox.Session, *requirements: str) -> None:
@@ -48,3 +48,29 @@ def tests_core(session: nox.Session) -> None:
     """sfm-core installed alone with its test extras: proves it needs nothing else."""
     install(session, f"{CORE}[test]")
     session.run("pytest", "packages/sfm-core/tests", *session.posargs)
+
+
+# Root tests owned by the triton backend: dispatch contract and reference-vs-triton training parity.
+TRITON_ROOT_TESTS = ["tests/test_backend_dispatch.py", "tests/test_training_parity.py"]
+
+
+@nox.session(name="tests-triton", python=PYTHON)
+def tests_triton(session: nox.Session) -> None:
+    """Every Triton kernel on CPU under Triton's interpreter (set before anything imports it)."""
+    session.env["TRITON_INTERPRET"] = "1"
+    session.env["SFM_TRITON_REQUIRE_RUNTIME"] = "1"  # a missing runtime fails instead of skipping
+    install(session, f"{CORE}[test]", f"{TRITON}[test]", "fvcore")
+    existing = [path for path in TRITON_ROOT_TESTS if (ROOT / path).exists()]
+    session.run("pytest", "packages/sfm-triton/tests", *existing, *session.posargs)
+
+
+@nox.session(python=False)
+def gpu(session: nox.Session) -> None:
+    """The GPU machine's checks, for reference: it has no nox, so run these commands there.
+
+    pip install --no-deps --no-build-isolation -e packages/sfm-core -e packages/sfm-triton
+    python -m pytest -m gpu packages/sfm-triton/tests
+    python packages/sfm-triton/benchmarks/bench_kernels.py
+    """
+    session.run("python", "-m", "pytest", "-m", "gpu", "packages/sfm-triton/tests", *session.posargs)
+    session.run("python", "packages/sfm-triton/benchmarks/bench_kernels.py")

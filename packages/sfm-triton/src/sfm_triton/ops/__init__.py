@@ -1,0 +1,1 @@
+"""The Triton implementations, one module per op, each with the reference's exact signature."""

@@ -1,0 +1,60 @@
+"""Settings shared by the sfm-triton tests.
+
+* Where kernels run: on CUDA, or on the CPU when ``TRITON_INTERPRET=1`` was set before import (the
+  ``tests-triton`` nox session sets it). Without either, kernel tests skip with that reason, except
+  inside a session that sets ``SFM_TRITON_REQUIRE_RUNTIME=1``: there a skip would hide every test,
+  so the run fails instead.
+* Tolerances: one table per dtype, :data:`sfm_triton.testing.TOLERANCES` (importable from tests,
+  root tests and benchmarks alike); the ``assert_close`` fixture applies it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from sfm_triton.testing import assert_close as _assert_close
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+RUNTIME_REASON = (
+    None
+    if INTERPRET or torch.cuda.is_available()
+    else "needs a CUDA device or TRITON_INTERPRET=1 (set before import)"
+)
+
+if RUNTIME_REASON is not None and os.environ.get("SFM_TRITON_REQUIRE_RUNTIME") == "1":
+    raise pytest.UsageError(
+        f"SFM_TRITON_REQUIRE_RUNTIME=1 but the kernels cannot run: {RUNTIME_REASON}"
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "no_runtime: the test runs without CUDA and without the Triton interpreter"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Skip kernel tests (all but ``no_runtime`` ones) when no runtime is available."""
+    if RUNTIME_REASON is None:
+        return
+    here = os.path.dirname(__file__)
+    skip = pytest.mark.skip(reason=RUNTIME_REASON)
+    for item in items:
+        if str(item.path).startswith(here) and item.get_closest_marker("no_runtime") is None:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """Where kernel tests put their tensors: CPU under the interpreter, else the GPU."""
+    return torch.device("cpu" if INTERPRET else "cuda")
+
+
+@pytest.fixture
+def assert_close() -> Callable[..., None]:
+    """Compare with the tolerance of the expected tensor's dtype."""
+    return _assert_close
