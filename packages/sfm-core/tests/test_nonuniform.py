@@ -1,0 +1,181 @@
+"""Non-uniform upsampling (SPEC 3.1): rasterize + gather, against exact and scipy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.interpolate import LinearNDInterpolator
+from scipy.spatial import Delaunay
+
+from sfm_core.functional import gather, identity_positions, nonuniform_upsample, rasterize
+
+from .conftest import warped_positions
+
+
+def covered_mask(positions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Target pixels whose rasterized weights come from a triangle (not the nearest fallback)."""
+    index, weights = rasterize(positions, size)
+    return ~((weights[..., 0] == 1) & (index[..., 0] == index[..., 1]))
+
+
+def target_centres(size: tuple[int, int]) -> torch.Tensor:
+    return identity_positions(1, *size, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("lattice", "size"),
+    [((9, 12), (36, 48)), ((7, 5), (29, 17)), ((16, 16), (64, 64)), ((5, 6), (5, 6))],
+)
+def test_linear_functions_are_reproduced_exactly(
+    lattice: tuple[int, int], size: tuple[int, int]
+) -> None:
+    positions = warped_positions(2, *lattice)
+    coeffs = torch.tensor([[1.5, -2.0, 0.25], [-0.5, 3.0, 1.0]], dtype=torch.float64)
+    z = torch.einsum("kc,bchw->bkhw", coeffs[:, :2], positions) + coeffs[:, 2].view(1, -1, 1, 1)
+    y = nonuniform_upsample(z, positions, size)
+    target = target_centres(size)
+    expected = torch.einsum("kc,bchw->bkhw", coeffs[:, :2], target) + coeffs[:, 2].view(1, -1, 1, 1)
+    covered = covered_mask(positions, size).unsqueeze(1).expand_as(y)
+    assert covered.float().mean() > 0.5
+    torch.testing.assert_close(y[covered], expected.expand_as(y)[covered], rtol=0, atol=1e-10)
+
+
+def test_uniform_lattice_with_equal_size_is_the_identity() -> None:
+    z = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    positions = identity_positions(2, 6, 7, dtype=torch.float64)
+    torch.testing.assert_close(nonuniform_upsample(z, positions, (6, 7)), z)
+
+
+def test_weights_are_a_partition_of_unity_and_indices_in_range() -> None:
+    positions = warped_positions(3, 8, 11)
+    index, weights = rasterize(positions, (30, 41))
+    assert index.shape == weights.shape == (3, 30, 41, 3)
+    assert index.dtype == torch.int64
+    assert weights.dtype == torch.float64
+    assert (weights >= 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 30, 41, dtype=torch.float64))
+    assert int(index.min()) >= 0
+    assert int(index.max()) < 8 * 11
+
+
+def test_uncovered_pixels_take_the_nearest_lattice_value() -> None:
+    positions = identity_positions(1, 4, 4, dtype=torch.float64)
+    z = torch.arange(16, dtype=torch.float64).view(1, 1, 4, 4)
+    y = nonuniform_upsample(z, positions, (16, 16))
+    # Target pixel (0, 0) lies outside the lattice hull; its nearest lattice point is (0, 0).
+    assert y[0, 0, 0, 0] == 0
+    assert y[0, 0, 15, 15] == 15
+    assert y[0, 0, 0, 15] == 3
+
+
+def test_agrees_with_scipy_delaunay_where_triangles_coincide() -> None:
+    lattice, size = (10, 13), (40, 52)
+    positions = warped_positions(1, *lattice, strength=2.0)
+    z = torch.randn(1, 4, *lattice, dtype=torch.float64)
+    ours = nonuniform_upsample(z, positions, size)[0]
+    index, _ = rasterize(positions, size)
+
+    points = np.stack(
+        [positions[0, 0].flatten().numpy() * size[1], positions[0, 1].flatten().numpy() * size[0]],
+        -1,
+    )
+    values = z[0].flatten(1).T.numpy()
+    queries = target_centres(size)[0].permute(1, 2, 0).reshape(-1, 2).numpy() * [size[1], size[0]]
+    triangulation = Delaunay(points)
+    theirs = LinearNDInterpolator(triangulation, values)(queries).T.reshape(4, *size)
+    simplex = triangulation.find_simplex(queries)
+    same = np.zeros(len(queries), dtype=bool)
+    inside = simplex >= 0
+    scipy_vertices = np.sort(triangulation.simplices[simplex[inside]], axis=1)
+    our_vertices = np.sort(index[0].reshape(-1, 3).numpy()[inside], axis=1)
+    same[inside] = (scipy_vertices == our_vertices).all(1)
+    assert same.mean() > 0.6, "the lattice triangles should mostly be Delaunay triangles"
+    same_map = same.reshape(size)
+    np.testing.assert_allclose(ours.numpy()[:, same_map], theirs[:, same_map], rtol=0, atol=1e-10)
+
+
+def test_gather_gradcheck() -> None:
+    positions = warped_positions(2, 5, 6)
+    index, weights = rasterize(positions, (9, 13))
+    z = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    w = weights.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: gather(a, index, b), (z, w))
+
+
+def test_nonuniform_upsample_gradcheck_in_z() -> None:
+    positions = warped_positions(1, 6, 5)
+    z = torch.randn(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: nonuniform_upsample(a, positions, (14, 11)), (z,))
+
+
+def test_degenerate_lattices() -> None:
+    z = torch.randn(1, 2, 1, 5, dtype=torch.float64)
+    positions = identity_positions(1, 1, 5, dtype=torch.float64)
+    y = nonuniform_upsample(z, positions, (3, 10))
+    assert y.shape == (1, 2, 3, 10)
+    torch.testing.assert_close(y[..., 0, 1], z[..., 0, 0])  # a row of points: nearest only
+
+
+def test_half_values_and_float32_positions() -> None:
+    positions = warped_positions(2, 7, 9, dtype=torch.float32)
+    z = torch.randn(2, 5, 7, 9).half()
+    y = nonuniform_upsample(z, positions, (21, 27))
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y, nonuniform_upsample(z.float(), positions, (21, 27)).half())
+
+
+def test_does_not_depend_on_memory_layout() -> None:
+    positions = warped_positions(1, 8, 6)
+    z = torch.randn(1, 4, 6, 8, dtype=torch.float64).transpose(2, 3)
+    torch.testing.assert_close(
+        nonuniform_upsample(z, positions, (17, 23)),
+        nonuniform_upsample(z.contiguous(), positions, (17, 23)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (
+            lambda: nonuniform_upsample(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 5), (8, 8)),
+            ValueError,
+            "share h, w",
+        ),
+        (
+            lambda: nonuniform_upsample(torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4, 4), (8, 8)),
+            ValueError,
+            "2 channels",
+        ),
+        (
+            lambda: nonuniform_upsample(torch.zeros(2, 2, 4, 4), torch.zeros(1, 2, 4, 4), (8, 8)),
+            ValueError,
+            "batch",
+        ),
+        (lambda: rasterize(torch.zeros(1, 2, 4, 4), (8, -1)), ValueError, "size must be positive"),
+        (
+            lambda: gather(
+                torch.zeros(1, 2, 2, 2), torch.full((1, 3, 3, 3), 4), torch.ones(1, 3, 3, 3)
+            ),
+            ValueError,
+            r"index must lie in \[0, h\*w\)",
+        ),
+        (
+            lambda: gather(
+                torch.zeros(1, 2, 2, 2), torch.zeros(1, 3, 3, 3), torch.ones(1, 3, 3, 3)
+            ),
+            TypeError,
+            "index must be int32 or int64",
+        ),
+        (
+            lambda: gather(
+                torch.zeros(1, 2, 2, 2), torch.zeros(1, 3, 3, 2).long(), torch.ones(1, 3, 3, 2)
+            ),
+            ValueError,
+            r"\[B, Ho, Wo, 3\]",
+        ),
+    ],
+)
+def test_bad_input(call: object, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        call()  # type: ignore[operator]
