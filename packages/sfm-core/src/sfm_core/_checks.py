@@ -63,8 +63,8 @@ def check_size(name: str, value: object) -> tuple[int, int]:
 
 def check_positive(name: str, value: object, *, integer: bool = False) -> None:
     """Raise unless ``value`` is a positive number (a positive int when ``integer``)."""
-    kinds: tuple[type, ...] = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+    wanted = int if integer else int | float
+    if isinstance(value, bool) or not isinstance(value, wanted) or value <= 0:
         kind = "a positive int" if integer else "a positive number"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
 
