@@ -1,0 +1,31 @@
+"""SFM modules: ARS (modulation), MSAU and LPRM (demodulation), the optional edge-guidance loss.
+
+They call :mod:`sfm_core.ops`, so a plug-in backend (sfm-triton) runs them on GPUs.
+"""
+
+from sfm_core.nn.ars import AdaptiveResampling, Resampled
+from sfm_core.nn.edge_loss import edge_guidance_loss
+from sfm_core.nn.generators import (
+    GENERATORS,
+    ConvAttention,
+    LearnableHighPass,
+    PyramidAttention,
+    PyramidContext,
+    build_attention_generator,
+)
+from sfm_core.nn.lprm import LocalPixelRelation
+from sfm_core.nn.msau import MultiScaleAdaptiveUpsampling
+
+__all__ = [
+    "GENERATORS",
+    "AdaptiveResampling",
+    "ConvAttention",
+    "LearnableHighPass",
+    "LocalPixelRelation",
+    "MultiScaleAdaptiveUpsampling",
+    "PyramidAttention",
+    "PyramidContext",
+    "Resampled",
+    "build_attention_generator",
+    "edge_guidance_loss",
+]

@@ -1,0 +1,75 @@
+"""ARS, Adaptive Resampling (SPEC section 1): a local zoom on detail before a downsampling layer."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from sfm_core import ops
+from sfm_core._checks import check_positive
+from sfm_core.nn._inputs import check_backend, check_channels, check_features
+from sfm_core.nn.generators import NormLayer, build_attention_generator
+
+
+class Resampled(NamedTuple):
+    """What ARS returns: the resampled map, where it was sampled, and the attention logits."""
+
+    features: torch.Tensor  # [B, C, H, W], same size and dtype as the input
+    grid: torch.Tensor  # [B, H, W, 2], grid_sample convention; not detached
+    logits: torch.Tensor  # [B, 1, H, W], for the optional edge-guidance loss
+
+
+class AdaptiveResampling(nn.Module):
+    """Attention logits → saliency-sampler grid → bilinear resample of the input at that grid.
+
+    The generator ends in a zero-initialised convolution, so a fresh module is the identity
+    (constant logits give the identity grid). The grid is not detached: the task loss reaches the
+    generator through the bilinear resampling.
+
+    Args:
+        channels: input channels ``C``.
+        generator: one of ``"avg-lhpf-psp"`` (default), ``"avg-psp"``, ``"conv"``.
+        window, fwhm, s_min: saliency sampler settings (see :func:`sfm_core.ops.saliency_grid`).
+        norm_layer: normalisation of the generator's pyramid branches, called with a channel count.
+            With BatchNorm, training needs two or more images per batch (the 1×1 pyramid bin has
+            one value per image, as in PSPNet); use SyncBatchNorm or GroupNorm otherwise.
+        backend: op backend (see :mod:`sfm_core.ops`); ``None`` follows ``SFM_BACKEND``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        generator: str = "avg-lhpf-psp",
+        window: int = 5,
+        fwhm: float = 3.0,
+        s_min: float = 1e-3,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.channels = check_channels("channels", channels)
+        check_positive("window", window, integer=True)
+        check_positive("fwhm", fwhm)
+        check_positive("s_min", s_min)
+        if s_min > 1:
+            raise ValueError(f"s_min must be in (0, 1], got {s_min!r}")
+        self.window, self.fwhm, self.s_min = window, float(fwhm), float(s_min)
+        self.backend = check_backend(backend)
+        self.generator = build_attention_generator(generator, channels, norm_layer)
+
+    def forward(self, x: torch.Tensor) -> Resampled:
+        check_features("x", x, channels=self.channels, module=self, shape_hint="[B, C, H, W]")
+        logits = self.generator(x)
+        grid = ops.saliency_grid(
+            logits, window=self.window, fwhm=self.fwhm, s_min=self.s_min, backend=self.backend
+        )
+        features = ops.resample(x, grid, backend=self.backend)
+        return Resampled(features, grid, logits)
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, window={self.window}, fwhm={self.fwhm}, s_min={self.s_min}"
+        )
