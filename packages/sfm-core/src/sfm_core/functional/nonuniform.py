@@ -8,6 +8,8 @@ nearest lattice point. ``rasterize`` finds indices and weights, ``gather`` appli
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from sfm_core._checks import (
@@ -144,25 +146,86 @@ def _fill_nearest(
     weights: torch.Tensor,
     covered: torch.Tensor,
 ) -> None:
-    """Give every still uncovered pixel the value of its nearest lattice point."""
+    """Give every still uncovered pixel the value of its nearest lattice point (lowest id on ties).
+
+    Exact without comparing every pixel with every point: a coarse subset of the lattice gives
+    each pixel an upper bound ``r`` on its nearest distance, and only the points whose x lies
+    within ``r`` of the pixel's (a sorted search) are compared.
+    """
     out_h, out_w = target
-    points = torch.stack([px.flatten(1), py.flatten(1)], -1)  # [B, h*w, 2]
-    missing = (~covered).nonzero().squeeze(1)
-    rows_per_chunk = max(1, _CANDIDATE_CHUNK // points.shape[1])
-    for chunk in missing.split(rows_per_chunk):
-        image = torch.div(chunk, out_h * out_w, rounding_mode="floor")
-        within = chunk - image * out_h * out_w
-        centre = torch.stack(
-            [
-                (within % out_w).to(torch.float64) + 0.5,
-                torch.div(within, out_w, rounding_mode="floor").to(torch.float64) + 0.5,
-            ],
-            -1,
+    pixels = out_h * out_w
+    subset = _coarse_subset(*px.shape[1:], px.device)
+    for image, (image_x, image_y) in enumerate(zip(px.flatten(1), py.flatten(1), strict=True)):
+        missing = (~covered[image * pixels : (image + 1) * pixels]).nonzero().squeeze(1)
+        if missing.numel() == 0:
+            continue
+        qx = (missing % out_w).to(torch.float64) + 0.5
+        qy = torch.div(missing, out_w, rounding_mode="floor").to(torch.float64) + 0.5
+        bound = _nearest_squared_distance(image_x[subset], image_y[subset], qx, qy)
+        # Slack so that rounding never leaves out the nearest point or a point tied with it.
+        reach = bound.sqrt() * (1 + 1e-9) + 1e-9
+        nearest = _nearest_within_reach(image_x, image_y, qx, qy, reach)
+        flat = missing + image * pixels
+        index[flat] = nearest.unsqueeze(-1).expand(-1, VERTICES)
+        weights[flat] = torch.tensor([1.0, 0.0, 0.0], dtype=weights.dtype, device=weights.device)
+
+
+def _coarse_subset(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """Flat ids of the lattice border plus every ``k``-th row and column (about 1k points)."""
+    step = max(1, math.isqrt(height * width // 256))
+    rows = torch.zeros(height, dtype=torch.bool, device=device)
+    cols = torch.zeros(width, dtype=torch.bool, device=device)
+    rows[::step], cols[::step] = True, True
+    rows[-1], cols[-1] = True, True
+    keep = rows[:, None] & cols[None, :]
+    keep[[0, -1], :] = True
+    keep[:, [0, -1]] = True
+    return keep.flatten().nonzero().squeeze(1)
+
+
+def _nearest_squared_distance(
+    x: torch.Tensor, y: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
+) -> torch.Tensor:
+    """Squared distance from each query to its nearest point, brute force in bounded chunks."""
+    result = torch.empty_like(qx)
+    for chunk in torch.arange(qx.numel(), device=qx.device).split(
+        max(1, _CANDIDATE_CHUNK // x.numel())
+    ):
+        distance = (x - qx[chunk, None]).square() + (y - qy[chunk, None]).square()
+        result[chunk] = distance.amin(-1)
+    return result
+
+
+def _nearest_within_reach(
+    x: torch.Tensor, y: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, reach: torch.Tensor
+) -> torch.Tensor:
+    """Id of each query's nearest point (lowest id on ties), among points with |x - qx| <= reach."""
+    sorted_x, order = x.sort()
+    lo = torch.searchsorted(sorted_x, qx - reach)
+    counts = torch.searchsorted(sorted_x, qx + reach, right=True) - lo
+    ends = torch.cumsum(counts, 0)
+    starts = ends - counts
+    nearest = torch.empty_like(lo)
+    query_start, query_total = 0, qx.numel()
+    while query_start < query_total:
+        budget = starts[query_start] + _CANDIDATE_CHUNK
+        query_end = max(int(torch.searchsorted(ends, budget, right=True)), query_start + 1)
+        chunk = torch.arange(query_start, query_end, device=qx.device)
+        query = torch.repeat_interleave(chunk, counts[query_start:query_end])
+        offset = torch.arange(query.numel(), device=qx.device) - (
+            starts[query] - starts[query_start]
         )
-        distance = (points[image] - centre.unsqueeze(1)).square().sum(-1)
-        nearest = distance.argmin(-1)
-        index[chunk] = nearest.unsqueeze(-1).expand(-1, VERTICES)
-        weights[chunk] = torch.tensor([1.0, 0.0, 0.0], dtype=weights.dtype, device=weights.device)
+        point = order[lo[query] + offset]
+        slot = query - query_start
+        distance = (x[point] - qx[query]).square() + (y[point] - qy[query]).square()
+        best = torch.full((chunk.numel(),), math.inf, dtype=distance.dtype, device=qx.device)
+        best.scatter_reduce_(0, slot, distance, reduce="amin")
+        tied = distance == best[slot]
+        first = torch.full_like(chunk, torch.iinfo(torch.int64).max)
+        first.scatter_reduce_(0, slot[tied], point[tied], reduce="amin")
+        nearest[chunk] = first
+        query_start = query_end
+    return nearest
 
 
 def gather(z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -191,10 +254,15 @@ def gather(z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch
     flat_z = z.to(dtype).flatten(2)
     flat_index = index.long().flatten(1, 2)  # [B, P, 3]
     flat_weights = weights.to(dtype).flatten(1, 2)
-    out = torch.zeros(batch, channels, out_h * out_w, dtype=dtype, device=z.device)
-    for vertex in range(VERTICES):
-        taken = torch.gather(flat_z, 2, flat_index[:, None, :, vertex].expand(batch, channels, -1))
-        out = out + flat_weights[:, None, :, vertex] * taken
+
+    def taken(vertex: int) -> torch.Tensor:
+        return torch.gather(flat_z, 2, flat_index[:, None, :, vertex].expand(batch, channels, -1))
+
+    # Accumulating in place keeps the peak at two output-sized tensors; autograd allows it
+    # because no backward formula needs the accumulator's earlier values.
+    out = flat_weights[:, None, :, 0] * taken(0)
+    for vertex in range(1, VERTICES):
+        out.addcmul_(flat_weights[:, None, :, vertex], taken(vertex))
     return out.view(batch, channels, out_h, out_w).to(z.dtype)
 
 
