@@ -13,7 +13,7 @@ import importlib.util
 import re
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
 
@@ -29,23 +29,25 @@ _USES: dict[str, re.Pattern[str]] = {
 _applied: list[str] = []
 
 
-@cache
-def detectron2_uses() -> frozenset[str]:
-    """Which of the removed names the installed detectron2's source uses (empty if none found).
-
-    Reads the package's files without importing it, once per process.
-    """
-    spec = importlib.util.find_spec("detectron2")
-    if spec is None or not spec.submodule_search_locations:
-        return frozenset()
+def uses_in(roots: Iterable[str | Path]) -> frozenset[str]:
+    """Which of the removed names the Python files under ``roots`` use."""
     found: set[str] = set()
-    for root in spec.submodule_search_locations:
+    for root in roots:
         for path in Path(root).rglob("*.py"):
             text = path.read_text(encoding="utf-8", errors="replace")
             found.update(name for name, pattern in _USES.items() if pattern.search(text))
             if len(found) == len(_USES):
                 return frozenset(found)
     return frozenset(found)
+
+
+@cache
+def detectron2_uses() -> frozenset[str]:
+    """:func:`uses_in` the installed detectron2 (empty when there is none), without importing it."""
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    return uses_in(spec.submodule_search_locations)
 
 
 def _numpy_alias(name: str, value: type) -> Callable[[], bool]:
@@ -70,10 +72,8 @@ def _pil_linear() -> bool:
     return True
 
 
-def _pkg_resources() -> bool:
-    """Install a minimal ``pkg_resources`` (only what detectron2.model_zoo calls) if it is missing."""
-    if importlib.util.find_spec("pkg_resources") is not None:
-        return False
+def minimal_pkg_resources() -> types.ModuleType:
+    """A ``pkg_resources`` with only what detectron2.model_zoo calls (``resource_filename``)."""
     shim = types.ModuleType("pkg_resources", "sfm_d2's minimal stand-in for setuptools<82's module")
 
     def resource_filename(package: str, resource: str) -> str:
@@ -91,7 +91,13 @@ def _pkg_resources() -> bool:
 
     shim.resource_filename = resource_filename  # type: ignore[attr-defined]
     shim.__getattr__ = missing  # type: ignore[method-assign]
-    sys.modules["pkg_resources"] = shim
+    return shim
+
+
+def _pkg_resources() -> bool:
+    if importlib.util.find_spec("pkg_resources") is not None:
+        return False
+    sys.modules["pkg_resources"] = minimal_pkg_resources()
     return True
 
 

@@ -1,0 +1,132 @@
+"""The compatibility layer: what it detects, that it is idempotent, and that detectron2 0.6's
+code paths that need it run (imports, evaluator, masks, model zoo, collect_env, the _C stub)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sfm_d2 import compat
+
+STUB = Path(__file__).parents[3] / "tools" / "detectron2_C_stub.py"
+
+
+def write(root: Path, name: str, text: str) -> None:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_uses_in_finds_removed_names_only(tmp_path: Path) -> None:
+    write(tmp_path, "a.py", "x = np.zeros(3, dtype=np.int)\ny = np.int32(1) + np.int64(2)\n")
+    write(tmp_path, "sub/b.py", "m = Image.LINEAR\nf = np.float_(1.0)\n")
+    write(tmp_path, "sub/c.py", "def f():\n    import pkg_resources\n")
+    write(tmp_path, "d.txt", "np.float np.bool")  # not Python: ignored
+    assert compat.uses_in([tmp_path]) == {"numpy.int", "PIL.Image.LINEAR", "pkg_resources"}
+
+
+def test_uses_in_a_current_source_is_empty(tmp_path: Path) -> None:
+    write(tmp_path, "a.py", "x = np.int64(1)\nb = np.bool_(True)\ni = Image.BILINEAR\n")
+    write(tmp_path, "b.py", "from importlib import resources  # pkg_resources is gone\n")
+    assert compat.uses_in([tmp_path]) == frozenset()
+
+
+def test_installed_detectron2_needs_are_applied_once() -> None:
+    # sfm_d2's import applied what this detectron2 needs; a second apply does nothing.
+    assert compat.apply() == ()
+    assert set(compat.applied()) <= compat.detectron2_uses()
+    for name in compat.detectron2_uses():
+        if name.startswith("numpy."):
+            assert getattr(np, name.split(".")[1]) in (int, float, bool, np.bool_)
+    if "PIL.Image.LINEAR" in compat.detectron2_uses():
+        assert Image.LINEAR == Image.BILINEAR  # type: ignore[attr-defined]
+
+
+def test_existing_names_are_not_replaced() -> None:
+    # numpy 2 has np.bool again (numpy's own type): the alias must not shadow it.
+    assert "numpy.bool" not in compat.applied()
+    assert np.bool is np.bool_
+
+
+def test_transforms_import_and_resize() -> None:
+    from detectron2.data import transforms as T
+
+    image = np.random.default_rng(0).integers(0, 255, (11, 17, 3), dtype=np.uint8)
+    out = T.ExtentTransform((0, 0, 17, 11), (7, 5)).apply_image(image)  # default interp LINEAR
+    assert out.shape == (7, 5, 3)
+
+
+def test_polygon_masks_to_bitmask() -> None:
+    from detectron2.structures.masks import polygons_to_bitmask
+
+    mask = polygons_to_bitmask([np.array([1.0, 1.0, 8.0, 1.0, 8.0, 6.0, 1.0, 6.0])], 9, 11)
+    assert mask.dtype == bool
+    assert 20 < mask.sum() < 99
+
+
+def test_sem_seg_evaluator_runs(tmp_path: Path) -> None:
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.evaluation import SemSegEvaluator
+
+    rng = np.random.default_rng(1)
+    label = rng.integers(0, 3, (9, 13), dtype=np.uint8)
+    label[0, :4] = 255  # ignored
+    Image.fromarray(label).save(tmp_path / "label.png")
+    name = "sfm_d2_test_compat_semseg"
+    records = [{"file_name": "unused.jpg", "sem_seg_file_name": str(tmp_path / "label.png")}]
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(stuff_classes=["a", "b", "c"], ignore_label=255)
+    try:
+        evaluator = SemSegEvaluator(name, distributed=False, output_dir=str(tmp_path))
+        evaluator.reset()
+        scores = torch.nn.functional.one_hot(torch.from_numpy(label % 3).long(), 3)
+        evaluator.process(records, [{"sem_seg": scores.permute(2, 0, 1).float()}])
+        result = evaluator.evaluate()["sem_seg"]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert result["mIoU"] == pytest.approx(100.0)
+    assert json.loads((tmp_path / "sem_seg_predictions.json").read_text())
+
+
+def test_model_zoo_config_files() -> None:
+    from detectron2 import model_zoo
+
+    path = Path(model_zoo.get_config_file("Misc/semantic_R_50_FPN_1x.yaml"))
+    assert path.is_file()
+
+
+def test_minimal_pkg_resources_matches_setuptools() -> None:
+    import pkg_resources  # the real module (setuptools<82 is pinned)
+
+    shim = compat.minimal_pkg_resources()
+    args = ("detectron2.model_zoo", "configs/Misc/semantic_R_50_FPN_1x.yaml")
+    assert shim.resource_filename(*args) == pkg_resources.resource_filename(*args)
+    with pytest.raises(AttributeError, match=r"setuptools<82"):
+        _ = shim.require
+    with pytest.raises(ModuleNotFoundError, match="no_such_package"):
+        shim.resource_filename("no_such_package", "x")
+
+
+def test_collect_env_runs_with_the_stub() -> None:
+    from detectron2.utils.collect_env import collect_env_info
+
+    assert "detectron2" in collect_env_info()
+
+
+def test_c_stub_fails_with_a_clear_message() -> None:
+    spec = importlib.util.spec_from_file_location("c_stub_under_test", STUB)
+    assert spec is not None
+    assert spec.loader is not None
+    stub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stub)
+    assert stub.has_cuda() is False
+    with pytest.raises(AttributeError, match=r"nms_rotated is unavailable: .*C\+\+ extension"):
+        _ = stub.nms_rotated
+    assert not hasattr(stub, "ROIAlignRotated_forward")  # hasattr probes stay False, no crash
