@@ -7,7 +7,12 @@ from typing import Any
 
 from sfm_core.backends import Backend
 from sfm_triton._runtime import device_reason
+from sfm_triton.ops.resample import resample
+from sfm_triton.ops.saliency import saliency_grid
 
-OPS: dict[str, Callable[..., Any]] = {}
+OPS: dict[str, Callable[..., Any]] = {
+    "resample": resample,
+    "saliency_grid": saliency_grid,
+}
 
 BACKEND = Backend("triton", ops=OPS, check=device_reason)

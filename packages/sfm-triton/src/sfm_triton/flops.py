@@ -1,0 +1,64 @@
+"""Multiply-accumulate counts of the SFM ops, for FlopCounterMode and fvcore.
+
+One count per op, used twice: ``torch.utils.flop_counter`` formulas (2 FLOPs per MAC, forward and
+backward ops) registered next to each op, and fvcore handles (fvcore counts 1 per MAC and only
+sees the forward ops, which ``torch.jit.trace`` records as ``sfm::<name>``).
+Counts follow the op's definition, not one kernel's implementation details.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Shape = Sequence[int]
+
+
+def resample_macs(x_shape: Shape, grid_shape: Shape) -> int:
+    """Bilinear: 4 corner MACs per output element."""
+    batch, channels = x_shape[0], x_shape[1]
+    return 4 * batch * channels * grid_shape[1] * grid_shape[2]
+
+
+def resample_backward_macs(x_shape: Shape, grid_shape: Shape) -> int:
+    """4 scatter MACs per output element for grad_x, 4 for each of the two grad_grid sums."""
+    return 3 * resample_macs(x_shape, grid_shape)
+
+
+def saliency_grid_macs(logits_shape: Shape, window: int) -> int:
+    """Three window sums (weight, weight·x, weight·y) of (2P+1)² taps per pixel."""
+    return 3 * (2 * window + 1) ** 2 * math.prod(logits_shape)
+
+
+def gather_macs(z_shape: Shape, index_shape: Shape) -> int:
+    """Barycentric blend: 3 MACs per output element (index is [B, Ho, Wo, 3])."""
+    return 3 * z_shape[0] * z_shape[1] * index_shape[1] * index_shape[2]
+
+
+def lprm_aggregate_macs(v_shape: Shape) -> int:
+    """9 taps per output element."""
+    return 9 * math.prod(v_shape)
+
+
+def _sizes(value: Any) -> list[int]:
+    """Shape of a JIT value as fvcore hands it over."""
+    return list(value.type().sizes())
+
+
+def _ints(value: Any) -> int:
+    return int(value.toIValue())
+
+
+def fvcore_handles() -> dict[str, Callable[[list[Any], list[Any]], int]]:
+    """Handles for ``FlopCountAnalysis(...).set_op_handle(**fvcore_handles())`` (MAC counts)."""
+    return {
+        "sfm::resample": lambda inputs, outputs: resample_macs(
+            _sizes(inputs[0]), _sizes(inputs[1])
+        ),
+        "sfm::saliency_grid": lambda inputs, outputs: saliency_grid_macs(
+            _sizes(inputs[0]), _ints(inputs[1])
+        ),
+        "sfm::gather": lambda inputs, outputs: gather_macs(_sizes(inputs[0]), _sizes(inputs[1])),
+        "sfm::lprm_aggregate": lambda inputs, outputs: lprm_aggregate_macs(_sizes(inputs[0])),
+    }
