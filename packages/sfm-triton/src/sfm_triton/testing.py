@@ -3,11 +3,14 @@
 One entry per dtype of the compared tensors, never loosened per environment. The kernels compute
 in fp32 like the reference, so fp32 differences come only from summation order; half-precision
 outputs may differ by the rounding of their last bit (and the interpreter truncates fp32 -> bf16).
+Also the warped lattices that non-uniform upsampling is tested and benchmarked on.
 """
 
 from __future__ import annotations
 
 import torch
+
+from sfm_core.functional import compose_positions, identity_positions, saliency_grid
 
 TOLERANCES: dict[torch.dtype, dict[str, float]] = {
     torch.float64: {"rtol": 1e-7, "atol": 1e-9},
@@ -29,3 +32,42 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, msg: str = "")
     torch.testing.assert_close(
         actual, expected, **tolerance(expected.dtype), msg=(lambda default: f"{msg}\n{default}")
     )
+
+
+def warped_positions(
+    batch: int,
+    height: int,
+    width: int,
+    *,
+    strength: float = 3.0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """float32 positions ``[B, 2, h, w]`` of a lattice after one ARS driven by smooth random logits.
+
+    The realistic case: ``saliency_grid`` of bilinearly upsampled noise, composed with the identity
+    (computed in float64 by the reference, on the CPU, then moved to ``device``).
+    """
+    coarse = torch.randn(batch, 1, max(2, height // 4), max(2, width // 4), dtype=torch.float64)
+    logits = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")
+    grid = saliency_grid(logits * strength)
+    identity = identity_positions(batch, height, width, dtype=torch.float64)
+    return compose_positions(identity, grid).float().to(device)
+
+
+def jittered_positions(
+    batch: int,
+    height: int,
+    width: int,
+    *,
+    jitter: float = 0.45,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """float32 positions: lattice centres moved by up to ``jitter`` cells, independently per point.
+
+    ``jitter`` past 0.5 lets neighbouring points cross, so the lattice folds (overlapping triangles,
+    holes); ``jitter`` near 0 keeps it nearly uniform.
+    """
+    identity = identity_positions(batch, height, width, dtype=torch.float64)
+    cell = torch.tensor([1 / width, 1 / height], dtype=torch.float64).view(1, 2, 1, 1)
+    noise = (torch.rand(batch, 2, height, width, dtype=torch.float64) * 2 - 1) * jitter * cell
+    return (identity + noise).clamp(1e-3, 1 - 1e-3).float().to(device)
