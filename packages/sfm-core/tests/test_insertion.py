@@ -359,6 +359,12 @@ def test_sites_checked_again_at_every_call() -> None:
     wrapper = SFMModel(flat, {"2": 4})
     with pytest.raises(ValueError, match="input of '2' must be a 4-D"):
         wrapper(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"input of 'layer2' must have 7 channels \[B, C, H, W\]"):
+        SFMModel(TinyResNet(), {"layer2": 7}).eval()(torch.randn(1, 3, 32, 32))
+    with pytest.raises(
+        ValueError, match=r"input of 'merges.0' must have 5 channels \[B, H, W, C\]"
+    ):
+        SFMModel(TinySwin(), {"merges.0": 5}, layout="nhwc").eval()(torch.randn(1, 3, 32, 32))
     shared = SFMModel(SharedConv(), {"conv": 3})
     with pytest.raises(RuntimeError, match="'conv' ran twice"):
         shared(torch.randn(2, 3, 16, 16))

@@ -82,10 +82,15 @@ class _Call:
         if any(site.name == name for site in self.trace):
             raise RuntimeError(f"module {name!r} ran twice in one forward; ARS sites must run once")
         hint = "[B, C, H, W]" if self.layout == "nchw" else "[B, H, W, C] (layout='nhwc')"
-        features = check_tensor(f"input of {name!r}", x, ndim=4, shape_hint=hint)
-        if self.layout == "nhwc":
-            features = features.permute(0, 3, 1, 2)
-        result: Resampled = self.ars[name](features)
+        given = check_tensor(f"input of {name!r}", x, ndim=4, shape_hint=hint)
+        features = given.permute(0, 3, 1, 2) if self.layout == "nhwc" else given
+        ars = self.ars[name]
+        if features.shape[1] != ars.channels:
+            raise ValueError(
+                f"input of {name!r} must have {ars.channels} channels {hint}, "
+                f"got shape {tuple(given.shape)}"
+            )
+        result: Resampled = ars(features)
         if self.trace:
             previous = self.trace[-1].positions
         else:
