@@ -22,7 +22,8 @@ class MultiScaleAdaptiveUpsampling(nn.Module):
     h, w]`` (lattice positions ``[B, 2, h, w]``) to ``size``, then the :class:`LocalPixelRelation`
     cascade guided by ``guide`` ``[B, guide_channels, *size]``, or by the upsampled values
     themselves when ``guide`` is ``None`` (which needs ``guide_channels == channels``). Starts as
-    plain non-uniform upsampling (the LPRM gates start at 0).
+    plain non-uniform upsampling (the LPRM gates start at 0); ``gated=False`` gives the authors'
+    ungated cascade, which does not.
     """
 
     def __init__(
