@@ -27,9 +27,9 @@ from detectron2.modeling.backbone.resnet import (
 )
 from torch import nn
 
-from sfm_core.functional import compose_positions, identity_positions, resize_positions
 from sfm_core.nn import AdaptiveResampling
 from sfm_d2.config import ops_backend, validate_sfm_config
+from sfm_d2.modeling.backbone.levels import downsampled_positions, first_positions, resample_level
 from sfm_d2.modeling.backbone.outputs import ars_logits_key, positions_key
 
 BLOCKS_PER_STAGE = {
@@ -79,22 +79,15 @@ class SFMResNet(ResNet):  # type: ignore[misc]
         self._record(outputs, "stem", x, positions)
         for name, stage in zip(self.stage_names, self.stages, strict=True):
             if name in self.ars:
-                if positions is None:
-                    positions = self._identity(x)
-                features, grid, logits = self.ars[name](x)
-                positions = compose_positions(positions, grid)
-                outputs[ars_logits_key(name)] = logits
-                x = features
+                start = first_positions(x) if positions is None else positions
+                x, positions, outputs[ars_logits_key(name)] = resample_level(
+                    self.ars[name], x, start
+                )
             x = stage(x)
             if positions is not None:
-                positions = resize_positions(positions, (x.shape[-2], x.shape[-1]))
+                positions = downsampled_positions(positions, x)
             self._record(outputs, name, x, positions)
         return outputs
-
-    @staticmethod
-    def _identity(x: torch.Tensor) -> torch.Tensor:
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        return identity_positions(x.shape[0], x.shape[2], x.shape[3], device=x.device, dtype=dtype)
 
     def _record(
         self,
@@ -105,7 +98,7 @@ class SFMResNet(ResNet):  # type: ignore[misc]
     ) -> None:
         if name in self._out_features:
             outputs[name] = x
-            outputs[positions_key(name)] = self._identity(x) if positions is None else positions
+            outputs[positions_key(name)] = first_positions(x) if positions is None else positions
 
 
 def _resnet_error(key: str, expected: str, value: object) -> ValueError:
