@@ -203,7 +203,12 @@ def _resample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 @_resample.register_fake
 def _(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     batch, channels = x.shape[:2]
-    return x.new_empty((batch, channels, *grid.shape[1:3]), memory_format=_layout(x))
+    return torch.empty(
+        (batch, channels, *grid.shape[1:3]),
+        dtype=x.dtype,
+        device=x.device,
+        memory_format=_layout(x),
+    )
 
 
 @torch.library.custom_op("sfm::resample_backward", mutates_args=())
@@ -248,7 +253,7 @@ def _resample_backward(
 def _(
     grad_out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, need_x: bool, need_grid: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    grad_x = x.new_empty(x.shape, memory_format=_layout(x)) if need_x else x.new_empty(0)
+    grad_x = torch.empty_like(x, memory_format=_layout(x)) if need_x else x.new_empty(0)
     grad_grid = grid.new_empty(grid.shape) if need_grid else grid.new_empty(0)
     return grad_x, grad_grid
 
