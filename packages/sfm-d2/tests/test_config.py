@@ -8,7 +8,7 @@ import pytest
 from detectron2.config import CfgNode, get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
-from sfm_d2 import add_sfm_config, validate_sfm_config
+from sfm_d2 import add_sfm_config, load_config, validate_sfm_config
 from sfm_d2.config import ops_backend
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -166,3 +166,15 @@ def test_ars_off_is_valid(cfg: CfgNode) -> None:
 def test_ops_backend(cfg: CfgNode, value: str, expected: str | None) -> None:
     cfg.MODEL.SFM.BACKEND = value
     assert ops_backend(cfg) == expected
+
+
+def test_load_config_merges_yaml_and_opts() -> None:
+    cfg = load_config(CONFIGS / "mask2former_style.yaml", ["MODEL.SFM.WINDOW", "4"])
+    assert cfg.MODEL.MASK_FORMER.DEC_LAYERS == 10
+    assert cfg.MODEL.SFM.WINDOW == 4
+    assert not cfg.is_frozen()
+
+
+def test_load_config_validates() -> None:
+    with pytest.raises(ValueError, match=r"MODEL\.SFM\.FWHM must be a positive number"):
+        load_config(CONFIGS / "mask2former_style.yaml", ["MODEL.SFM.FWHM", "-1.0"])

@@ -7,10 +7,11 @@ when absent, so the function is idempotent and coexists with those two functions
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, get_cfg
 
 # Stages whose input may pass through ARS: the three stride-2 transitions after the stem
 # (SPEC section 4). res2 follows the stem at stride 4 and stays uniform.
@@ -220,3 +221,15 @@ def ops_backend(cfg: CfgNode) -> str | None:
     """
     backend: str = cfg.MODEL.SFM.BACKEND
     return None if backend == "auto" else backend
+
+
+def load_config(path: str | Path, opts: Sequence[str] = ()) -> CfgNode:
+    """detectron2's defaults + :func:`add_sfm_config` + the yaml at ``path`` + ``opts``, validated.
+
+    ``opts`` are ``KEY VALUE`` pairs as on detectron2's command line. The result is not frozen.
+    """
+    cfg = add_sfm_config(get_cfg())
+    cfg.merge_from_file(str(path))
+    cfg.merge_from_list(list(opts))
+    validate_sfm_config(cfg)
+    return cfg
