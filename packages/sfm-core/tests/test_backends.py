@@ -33,9 +33,9 @@ def fake_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[backends.Backend]:
         check=lambda device: None if device.type == "cuda" else "fake needs CUDA",
     )
     monkeypatch.setattr(backends, "entry_points", lambda group: [FakeEntryPoint("fake", plugin)])
-    backends.plugins.cache_clear()
+    backends.forget_plugins()
     yield plugin
-    backends.plugins.cache_clear()
+    backends.forget_plugins()
 
 
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +60,7 @@ def test_forcing_a_plugin_that_cannot_run_here_is_a_clear_error(
 def test_forcing_a_plugin_runs_it_and_refuses_ops_it_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
     plugin = backends.Backend(name="fake", ops={"resample": doubled_resample})
     monkeypatch.setattr(backends, "entry_points", lambda group: [FakeEntryPoint("fake", plugin)])
-    backends.plugins.cache_clear()
+    backends.forget_plugins()
     try:
         x, grid = inputs()
         forced = ops.resample(x, grid, backend="fake")
@@ -68,7 +68,7 @@ def test_forcing_a_plugin_runs_it_and_refuses_ops_it_lacks(monkeypatch: pytest.M
         with pytest.raises(RuntimeError, match="does not implement lprm_aggregate"):
             ops.lprm_aggregate(torch.randn(1, 2, 3, 3), torch.randn(1, 9, 3, 3), 1, backend="fake")
     finally:
-        backends.plugins.cache_clear()
+        backends.forget_plugins()
 
 
 def test_environment_variable_selects_the_backend(
@@ -92,12 +92,12 @@ def test_unknown_backend_argument(fake_plugin: backends.Backend) -> None:
 
 def test_entry_point_must_name_a_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backends, "entry_points", lambda group: [FakeEntryPoint("bad", object())])
-    backends.plugins.cache_clear()
+    backends.forget_plugins()
     try:
         with pytest.raises(TypeError, match=r"must name a sfm_core\.backends\.Backend"):
             backends.plugins()
     finally:
-        backends.plugins.cache_clear()
+        backends.forget_plugins()
 
 
 def test_every_public_op_matches_the_reference_on_cpu() -> None:

@@ -4,6 +4,9 @@ A plug-in package (sfm-triton) declares an entry point in the group ``sfm_core.b
 names a :class:`Backend`; sfm-core never imports it by name. The choice per call is, in order:
 the ``backend=`` argument, the ``SFM_BACKEND`` environment variable, then ``"auto"`` (a plug-in
 for CUDA tensors when one is installed, the reference otherwise).
+
+Plug-ins are loaded once, when :mod:`sfm_core.ops` is imported, so that choosing a backend inside
+a ``torch.compile``-d region is plain dictionary work that Dynamo can trace.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -39,9 +41,24 @@ class Backend:
     check: Callable[[torch.device], str | None] = field(default=lambda device: None)
 
 
-@cache
+_loaded: dict[str, Backend] | None = None
+
+
 def plugins() -> dict[str, Backend]:
     """Installed plug-in backends by name (entry points are read once per process)."""
+    global _loaded
+    if _loaded is None:
+        _loaded = _discover()
+    return _loaded
+
+
+def forget_plugins() -> None:
+    """Drop the loaded plug-ins, so the next call reads the entry points again (for tests)."""
+    global _loaded
+    _loaded = None
+
+
+def _discover() -> dict[str, Backend]:
     found: dict[str, Backend] = {}
     for point in entry_points(group=ENTRY_POINT_GROUP):
         backend = point.load()
@@ -64,8 +81,13 @@ def requested_backend(backend: str | None) -> str:
     return choice
 
 
-@cache
+_logged: set[tuple[str, str]] = set()
+
+
 def _log_choice(op: str, name: str) -> None:
+    if torch.compiler.is_compiling() or (op, name) in _logged:
+        return
+    _logged.add((op, name))
     log.info("sfm op %s uses the %s backend", op, name)
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 
 from sfm_core import functional as reference
-from sfm_core.backends import implementation
+from sfm_core.backends import implementation, plugins
+
+plugins()  # load plug-ins now, outside any compiled region
 
 
 def saliency_grid(
