@@ -154,7 +154,7 @@ def _fill_nearest(
     """
     out_h, out_w = target
     pixels = out_h * out_w
-    subset = _coarse_subset(*px.shape[1:], px.device)
+    subset = _coarse_subset(px.shape[1], px.shape[2], px.device)
     for image, (image_x, image_y) in enumerate(zip(px.flatten(1), py.flatten(1), strict=True)):
         missing = (~covered[image * pixels : (image + 1) * pixels]).nonzero().squeeze(1)
         if missing.numel() == 0:
