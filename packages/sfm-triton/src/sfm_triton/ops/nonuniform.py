@@ -1,0 +1,699 @@
+"""Non-uniform upsampling (SPEC 3.1) as Triton kernels: ``rasterize``, ``gather`` and their composition.
+
+``rasterize`` (not differentiable), three launches, containment decided in float64 like the
+reference:
+
+1. *owner*: one program per block of lattice triangles scans each triangle's bounding box (in
+   chunks of pixels) and ``atomic_min``-s the triangle id into an int32 owner map. The minimum is
+   order independent, so "the lowest triangle id wins on shared edges" holds exactly.
+2. *weights*: one program per block of target pixels recomputes the barycentric weights of its
+   owner triangle, and appends the pixels no triangle covers to a compact list (one atomic per
+   program reserves the slots, a prefix sum places the pixels).
+3. *nearest*: the listed pixels take their nearest lattice point by brute force over the
+   lattice in chunks (ties go to the lowest lattice id, as ``argmin``). The work is
+   (uncovered pixels) x (lattice points): the band outside the lattice hull, about half an
+   upsampling factor wide, plus holes a folded lattice leaves; the grid is sized for the worst
+   case (every pixel uncovered) and idle programs return at once, so nothing syncs with the host.
+
+``gather`` forward: one program per block of target pixels x channels sums its 3 weighted source
+values in fp32. Backward: ``grad_weights`` is a per-pixel channel reduction (single writer);
+``grad_z`` is the transpose, formulated as a gather over an inverse index (CSR: the (pixel,
+vertex) entries sorted stably by source, offsets by ``searchsorted``), so every source value is
+summed by one program in a fixed order: no atomics, deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+from torch.utils.flop_counter import register_flop_formula
+
+from sfm_core._checks import check_same_batch, check_size, check_tensor
+from sfm_core.functional.positions import check_positions
+from sfm_triton._runtime import autotune_configs, cdiv, check_device, check_dtype
+from sfm_triton.flops import gather_macs
+
+VERTICES = 3
+_NO_OWNER = 2**31 - 1
+_POSITION_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_WEIGHT_DTYPES = _POSITION_DTYPES
+
+# Rasterize launches use fixed shapes: their cost is small next to the gather, and the compaction
+# kernel's counter would be corrupted by the autotuner's repeated timing runs.
+_OWNER_BLOCK_T, _OWNER_BLOCK_S = 32, 16
+_PIXEL_BLOCK = 128
+_NEAREST_BLOCK_U, _NEAREST_BLOCK_L = 32, 64
+
+_GATHER_CONFIGS = autotune_configs(
+    [
+        triton.Config({"BLOCK_P": 64, "BLOCK_C": 16}, num_warps=4),
+        triton.Config({"BLOCK_P": 64, "BLOCK_C": 32}, num_warps=4),
+        triton.Config({"BLOCK_P": 128, "BLOCK_C": 32}, num_warps=4),
+        triton.Config({"BLOCK_P": 64, "BLOCK_C": 64}, num_warps=4),
+        triton.Config({"BLOCK_P": 128, "BLOCK_C": 64}, num_warps=8),
+        triton.Config({"BLOCK_P": 256, "BLOCK_C": 32}, num_warps=8),
+    ]
+)
+_SCATTER_CONFIGS = autotune_configs(
+    [
+        triton.Config({"BLOCK_S": 32, "BLOCK_C": 16}, num_warps=4),
+        triton.Config({"BLOCK_S": 32, "BLOCK_C": 64}, num_warps=4),
+        triton.Config({"BLOCK_S": 64, "BLOCK_C": 32}, num_warps=4),
+        triton.Config({"BLOCK_S": 64, "BLOCK_C": 64}, num_warps=8),
+        triton.Config({"BLOCK_S": 128, "BLOCK_C": 32}, num_warps=8),
+    ]
+)
+# Keys: channels, layout of z, and the pixel (or source) count bucketed to a power of two.
+_KEY = ["K", "CHANNELS_LAST", "PIXEL_BUCKET"]
+
+
+# ---------------------------------------------------------------------------------------------
+# rasterize
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _lattice_point(pos_ptr, offset, spc, Wo, Ho, mask):
+    """Lattice point ``(x, y)`` in target pixel units, float64."""
+    x = tl.load(pos_ptr + offset, mask=mask, other=0.0).to(tl.float64) * Wo
+    y = tl.load(pos_ptr + offset + spc, mask=mask, other=0.0).to(tl.float64) * Ho
+    return x, y
+
+
+@triton.jit
+def _triangle(pos_ptr, pos_base, spc, sph, spw, w, Wo, Ho, tri, mask):
+    """Vertex ids and coordinates of lattice triangle ``tri`` (cell row-major x 2 + k).
+
+    The cell a=(i, j), b=(i, j+1), c=(i+1, j), d=(i+1, j+1) is split on its shorter diagonal
+    (tie: a-d) into (a, b, d), (a, d, c), or else (a, b, c), (b, d, c).
+    """
+    cell = tri // 2
+    first = (tri % 2) == 0
+    cells_per_row = tl.maximum(w - 1, 1)  # a one-column lattice has no cells (nor callers here)
+    i = cell // cells_per_row
+    j = cell % cells_per_row
+    a = i * w + j
+    base = pos_base + i.to(tl.int64) * sph + j.to(tl.int64) * spw
+    xa, ya = _lattice_point(pos_ptr, base, spc, Wo, Ho, mask)
+    xb, yb = _lattice_point(pos_ptr, base + spw, spc, Wo, Ho, mask)
+    xc, yc = _lattice_point(pos_ptr, base + sph, spc, Wo, Ho, mask)
+    xd, yd = _lattice_point(pos_ptr, base + sph + spw, spc, Wo, Ho, mask)
+    along_ad = (xa - xd) * (xa - xd) + (ya - yd) * (ya - yd) <= (xb - xc) * (xb - xc) + (
+        yb - yc
+    ) * (yb - yc)
+    use_a = along_ad | first
+    use_d = along_ad & first
+    v0 = tl.where(use_a, a, a + 1)
+    x0 = tl.where(use_a, xa, xb)
+    y0 = tl.where(use_a, ya, yb)
+    v1 = tl.where(first, a + 1, a + w + 1)
+    x1 = tl.where(first, xb, xd)
+    y1 = tl.where(first, yb, yd)
+    v2 = tl.where(use_d, a + w + 1, a + w)
+    x2 = tl.where(use_d, xd, xc)
+    y2 = tl.where(use_d, yd, yc)
+    return v0, v1, v2, x0, y0, x1, y1, x2, y2
+
+
+@triton.jit
+def _determinant(x0, y0, x1, y1, x2, y2):
+    return (y1 - y2) * (x0 - x2) + (x2 - x1) * (y0 - y2)
+
+
+@triton.jit
+def _barycentric(x0, y0, x1, y1, x2, y2, det, qx, qy):
+    """Barycentric coordinates of ``(qx, qy)`` (the reference's formula, float64)."""
+    l0 = ((y1 - y2) * (qx - x2) + (x2 - x1) * (qy - y2)) / det
+    l1 = ((y2 - y0) * (qx - x2) + (x0 - x2) * (qy - y2)) / det
+    return l0, l1, 1.0 - l0 - l1
+
+
+@triton.jit
+def _owner_kernel(
+    pos_ptr, owner_ptr,
+    h, w, Ho, Wo, triangles,
+    spb, spc, sph, spw,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    """``owner[b, pixel] = min`` id of the triangles containing the pixel centre."""
+    b = tl.program_id(1).to(tl.int64)
+    tri = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    tri_mask = tri < triangles
+    _, _, _, x0, y0, x1, y1, x2, y2 = _triangle(
+        pos_ptr, b * spb, spc, sph, spw, w, Wo, Ho, tri, tri_mask
+    )
+    # Pixel centres (k + 0.5) inside the bounding box, in index units (the reference's bounds).
+    x_lo = tl.minimum(tl.maximum(tl.ceil(tl.minimum(tl.minimum(x0, x1), x2) - 0.5 - 1e-7), 0), Wo)
+    x_hi = tl.minimum(
+        tl.maximum(tl.floor(tl.maximum(tl.maximum(x0, x1), x2) - 0.5 + 1e-7), -1), Wo - 1
+    )
+    y_lo = tl.minimum(tl.maximum(tl.ceil(tl.minimum(tl.minimum(y0, y1), y2) - 0.5 - 1e-7), 0), Ho)
+    y_hi = tl.minimum(tl.maximum(tl.floor(tl.maximum(tl.maximum(y0, y1), y2) - 0.5 + 1e-7), -1), Ho - 1)  # fmt: skip
+    box_w = tl.maximum(x_hi - x_lo + 1, 0).to(tl.int32)
+    box_h = tl.maximum(y_hi - y_lo + 1, 0).to(tl.int32)
+    det = _determinant(x0, y0, x1, y1, x2, y2)
+    proper = tri_mask & (tl.abs(det) > 1e-12)
+    count = tl.where(proper, box_w * box_h, 0)
+    det = tl.where(proper, det, 1.0)  # degenerate or padding triangles scan nothing
+    col0 = x_lo.to(tl.int32)
+    row0 = y_lo.to(tl.int32)
+    width = tl.maximum(box_w, 1)
+    owner_base = owner_ptr + b * Ho * Wo
+    for s0 in range(0, tl.max(count, axis=0), BLOCK_S):
+        slot = s0 + tl.arange(0, BLOCK_S)
+        in_box = slot[None, :] < count[:, None]
+        col = col0[:, None] + slot[None, :] % width[:, None]
+        row = row0[:, None] + slot[None, :] // width[:, None]
+        qx = col.to(tl.float64) + 0.5
+        qy = row.to(tl.float64) + 0.5
+        l0, l1, l2 = _barycentric(
+            x0[:, None], y0[:, None], x1[:, None], y1[:, None], x2[:, None], y2[:, None],
+            det[:, None], qx, qy,
+        )  # fmt: skip
+        inside = in_box & (l0 >= -1e-9) & (l1 >= -1e-9) & (l2 >= -1e-9)
+        ids = tl.broadcast_to(tri[:, None], [BLOCK_T, BLOCK_S])
+        tl.atomic_min(owner_base + row.to(tl.int64) * Wo + col, ids, mask=inside)
+
+
+@triton.jit
+def _weights_kernel(
+    pos_ptr, owner_ptr, index_ptr, weights_ptr, missing_ptr, missing_count_ptr,
+    h, w, Ho, Wo,
+    spb, spc, sph, spw,
+    NO_OWNER: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Index/weights of the covered pixels; the uncovered ones go to the ``missing`` list."""
+    b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    pixel_mask = p < Ho * Wo
+    flat = b * Ho * Wo + p
+    owner = tl.load(owner_ptr + flat, mask=pixel_mask, other=NO_OWNER)
+    covered = pixel_mask & (owner != NO_OWNER)
+    v0, v1, v2, x0, y0, x1, y1, x2, y2 = _triangle(
+        pos_ptr, b * spb, spc, sph, spw, w, Wo, Ho, tl.where(covered, owner, 0), covered
+    )
+    qx = (p % Wo).to(tl.float64) + 0.5
+    qy = (p // Wo).to(tl.float64) + 0.5
+    det = tl.where(covered, _determinant(x0, y0, x1, y1, x2, y2), 1.0)
+    l0, l1, l2 = _barycentric(x0, y0, x1, y1, x2, y2, det, qx, qy)
+    l0 = tl.maximum(l0, 0.0)
+    l1 = tl.maximum(l1, 0.0)
+    l2 = tl.maximum(l2, 0.0)
+    total = tl.where(covered, l0 + l1 + l2, 1.0)
+    out = flat * 3
+    tl.store(index_ptr + out, v0.to(tl.int64), mask=covered)
+    tl.store(index_ptr + out + 1, v1.to(tl.int64), mask=covered)
+    tl.store(index_ptr + out + 2, v2.to(tl.int64), mask=covered)
+    dtype = weights_ptr.dtype.element_ty
+    tl.store(weights_ptr + out, (l0 / total).to(dtype), mask=covered)
+    tl.store(weights_ptr + out + 1, (l1 / total).to(dtype), mask=covered)
+    tl.store(weights_ptr + out + 2, (l2 / total).to(dtype), mask=covered)
+    missing = (pixel_mask & ~covered).to(tl.int32)
+    start = tl.atomic_add(missing_count_ptr, tl.sum(missing, axis=0))
+    slot = start + tl.cumsum(missing, axis=0) - 1
+    tl.store(missing_ptr + slot, flat, mask=missing != 0)
+
+
+@triton.jit
+def _nearest_kernel(
+    pos_ptr, index_ptr, weights_ptr, missing_ptr, missing_count_ptr,
+    h, w, Ho, Wo,
+    spb, spc, sph, spw,
+    BLOCK_U: tl.constexpr, BLOCK_L: tl.constexpr,
+):  # fmt: skip
+    """Listed pixels take their nearest lattice point, weights (1, 0, 0)."""
+    start = tl.program_id(0) * BLOCK_U
+    count = tl.load(missing_count_ptr)
+    if start < count:
+        u = start + tl.arange(0, BLOCK_U)
+        u_mask = u < count
+        flat = tl.load(missing_ptr + u, mask=u_mask, other=0)
+        b = flat // (Ho * Wo)
+        p = flat % (Ho * Wo)
+        qx = (p % Wo).to(tl.float64) + 0.5
+        qy = (p // Wo).to(tl.float64) + 0.5
+        pos_base = b * spb
+        best = tl.full([BLOCK_U], float("inf"), tl.float64)
+        best_id = tl.zeros([BLOCK_U], tl.int32)
+        for l0 in range(0, h * w, BLOCK_L):
+            lattice = l0 + tl.arange(0, BLOCK_L)
+            l_mask = lattice < h * w
+            offset = (lattice // w).to(tl.int64) * sph + (lattice % w).to(tl.int64) * spw
+            mask = u_mask[:, None] & l_mask[None, :]
+            px, py = _lattice_point(pos_ptr, pos_base[:, None] + offset[None, :], spc, Wo, Ho, mask)
+            dx = px - qx[:, None]
+            dy = py - qy[:, None]
+            distance = tl.where(l_mask[None, :], dx * dx + dy * dy, float("inf"))
+            chunk_best = tl.min(distance, axis=1)
+            chunk_id = tl.argmin(distance, axis=1) + l0
+            better = chunk_best < best
+            best = tl.where(better, chunk_best, best)
+            best_id = tl.where(better, chunk_id, best_id)
+        out = flat * 3
+        dtype = weights_ptr.dtype.element_ty
+        for t in tl.static_range(3):
+            tl.store(index_ptr + out + t, best_id.to(tl.int64), mask=u_mask)
+            tl.store(
+                weights_ptr + out + t,
+                tl.full([BLOCK_U], 1.0 if t == 0 else 0.0, dtype),
+                mask=u_mask,
+            )
+
+
+def _rasterize_impl(
+    positions: torch.Tensor, out_h: int, out_w: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, _, height, width = positions.shape
+    device = positions.device
+    weight_dtype = torch.float64 if positions.dtype == torch.float64 else torch.float32
+    index = torch.empty(batch, out_h, out_w, VERTICES, dtype=torch.int64, device=device)
+    weights = torch.empty(batch, out_h, out_w, VERTICES, dtype=weight_dtype, device=device)
+    owner = torch.full((batch, out_h, out_w), _NO_OWNER, dtype=torch.int32, device=device)
+    strides = positions.stride()
+    triangles = 2 * (height - 1) * (width - 1)
+    if triangles > 0:
+        _owner_kernel[(cdiv(triangles, _OWNER_BLOCK_T), batch)](
+            positions, owner,
+            height, width, out_h, out_w, triangles,
+            *strides,
+            BLOCK_T=_OWNER_BLOCK_T, BLOCK_S=_OWNER_BLOCK_S,
+        )  # fmt: skip
+    pixels = batch * out_h * out_w
+    missing = torch.empty(pixels, dtype=torch.int64, device=device)
+    missing_count = torch.zeros(1, dtype=torch.int32, device=device)
+    _weights_kernel[(cdiv(out_h * out_w, _PIXEL_BLOCK), batch)](
+        positions, owner, index, weights, missing, missing_count,
+        height, width, out_h, out_w,
+        *strides,
+        NO_OWNER=_NO_OWNER, BLOCK=_PIXEL_BLOCK,
+    )  # fmt: skip
+    _nearest_kernel[(cdiv(pixels, _NEAREST_BLOCK_U),)](
+        positions, index, weights, missing, missing_count,
+        height, width, out_h, out_w,
+        *strides,
+        BLOCK_U=_NEAREST_BLOCK_U, BLOCK_L=_NEAREST_BLOCK_L,
+    )  # fmt: skip
+    return index, weights
+
+
+@torch.library.custom_op("sfm::rasterize", mutates_args=())
+def _rasterize_op(
+    positions: torch.Tensor, size: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    check_device(positions=positions)
+    return _rasterize_impl(positions, int(size[0]), int(size[1]))
+
+
+@_rasterize_op.register_fake
+def _rasterize_fake(
+    positions: torch.Tensor, size: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (positions.shape[0], size[0], size[1], VERTICES)
+    weight_dtype = torch.float64 if positions.dtype == torch.float64 else torch.float32
+    return (
+        positions.new_empty(shape, dtype=torch.int64),
+        positions.new_empty(shape, dtype=weight_dtype),
+    )
+
+
+def _check_positions(positions: torch.Tensor) -> None:
+    check_positions(positions)
+    if positions.shape[0] > 65535:
+        raise ValueError(f"positions must have a batch of at most 65535, got {positions.shape[0]}")
+    if positions.shape[2] * positions.shape[3] >= 2**30:
+        raise ValueError(
+            f"positions must have fewer than 2**30 lattice points, got shape {tuple(positions.shape)}"
+        )
+    check_dtype("positions", positions, _POSITION_DTYPES)
+    check_device(positions=positions)
+
+
+def rasterize(positions: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton :func:`sfm_core.functional.rasterize`: same signature, semantics and dtypes.
+
+    Containment is decided in float64 (as the reference); a pixel centre exactly on a shared
+    edge may still go to the other triangle where the last bits of the arithmetic differ.
+    """
+    out_h, out_w = check_size("size", size)
+    _check_positions(positions)
+    if positions.shape[0] * out_h * out_w >= 2**31:
+        raise ValueError(f"B * Ho * Wo must stay below 2**31, got size {size!r}")
+    index, weights = torch.ops.sfm.rasterize(positions.detach(), [out_h, out_w])
+    return index, weights
+
+
+# ---------------------------------------------------------------------------------------------
+# gather
+# ---------------------------------------------------------------------------------------------
+
+
+def _output_format(z: torch.Tensor) -> torch.memory_format:
+    """Channels-last in, channels-last out; anything else gives a contiguous output."""
+    channels_last = z.is_contiguous(memory_format=torch.channels_last)
+    if channels_last and not z.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+@triton.autotune(configs=_GATHER_CONFIGS, key=_KEY)
+@triton.jit
+def _gather_forward_kernel(
+    z_ptr, index_ptr, weights_ptr, out_ptr,
+    K, w, P, Wo,
+    szb, szc, szh, szw,
+    sib, sip, sit,
+    swb, swp, swt,
+    sob, soc, soh, sow,
+    CHANNELS_LAST, PIXEL_BUCKET,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(2).to(tl.int64)
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pixel_mask = p < P
+    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    mask = pixel_mask[:, None] & (c < K)[None, :]
+    z_base = z_ptr + b * szb + c[None, :] * szc
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    for t in tl.static_range(3):
+        src = tl.load(index_ptr + b * sib + p * sip + t * sit, mask=pixel_mask, other=0).to(
+            tl.int64
+        )
+        weight = tl.load(weights_ptr + b * swb + p * swp + t * swt, mask=pixel_mask, other=0.0)
+        value = tl.load(
+            z_base + ((src // w) * szh + (src % w) * szw)[:, None], mask=mask, other=0.0
+        )
+        acc += weight.to(tl.float32)[:, None] * value.to(tl.float32)
+    dst = b * sob + c[None, :] * soc + ((p // Wo).to(tl.int64) * soh + (p % Wo) * sow)[:, None]
+    tl.store(out_ptr + dst, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(configs=_GATHER_CONFIGS, key=_KEY)
+@triton.jit
+def _gather_grad_weights_kernel(
+    grad_ptr, z_ptr, index_ptr, grad_weights_ptr,
+    K, w, P, Wo,
+    sgb, sgc, sgh, sgw,
+    szb, szc, szh, szw,
+    sib, sip, sit,
+    sdb, sdp, sdt,
+    CHANNELS_LAST, PIXEL_BUCKET,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """``grad_weights(p, t) = sum_k dY(k, p) z(k, index(p, t))``, looping over the channels."""
+    b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pixel_mask = p < P
+    vertex = tl.arange(0, 4)
+    src = tl.load(
+        index_ptr + b * sib + p[:, None] * sip + vertex[None, :] * sit,
+        mask=pixel_mask[:, None] & (vertex < 3)[None, :],
+        other=0,
+    ).to(tl.int64)
+    src_offset = (src // w) * szh + (src % w) * szw  # [BLOCK_P, 4]
+    grad_pix = (p // Wo).to(tl.int64) * sgh + (p % Wo) * sgw
+    dots = tl.zeros([BLOCK_P, 4], dtype=tl.float32)
+    for c0 in range(0, K, BLOCK_C):
+        c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+        mask = pixel_mask[:, None] & (c < K)[None, :]
+        grad = tl.load(
+            grad_ptr + b * sgb + c[None, :] * sgc + grad_pix[:, None], mask=mask, other=0.0
+        ).to(tl.float32)
+        for t in tl.static_range(3):
+            offset = tl.sum(tl.where(vertex[None, :] == t, src_offset, 0), axis=1)
+            value = tl.load(
+                z_ptr + b * szb + c[None, :] * szc + offset[:, None], mask=mask, other=0.0
+            ).to(tl.float32)
+            dots += tl.where(vertex[None, :] == t, tl.sum(grad * value, axis=1)[:, None], 0.0)
+    tl.store(
+        grad_weights_ptr + b * sdb + p[:, None] * sdp + vertex[None, :] * sdt,
+        dots.to(grad_weights_ptr.dtype.element_ty),
+        mask=pixel_mask[:, None] & (vertex < 3)[None, :],
+    )
+
+
+@triton.autotune(configs=_SCATTER_CONFIGS, key=_KEY)
+@triton.jit
+def _gather_grad_z_kernel(
+    grad_ptr, weights_ptr, order_ptr, offsets_ptr, grad_z_ptr,
+    K, w, S, P, Wo,
+    sgb, sgc, sgh, sgw,
+    sdb, sdc, sdh, sdw,
+    CHANNELS_LAST, PIXEL_BUCKET,
+    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """``grad_z(k, s) = sum`` over the entries ``(p, t)`` listed for source ``s`` of ``w dY(k, p)``.
+
+    ``order`` lists the flat entries ``(b P + p) 3 + t`` sorted by source ``b S + s``;
+    ``offsets[b S + s]`` is where the source's run starts; ``weights`` is contiguous ``[B, P, 3]``.
+    """
+    b = tl.program_id(2).to(tl.int64)
+    s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    source_mask = s < S
+    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    channel_mask = (c < K)[None, :]
+    key = b * S + s
+    first = tl.load(offsets_ptr + key, mask=source_mask, other=0)
+    last = tl.load(offsets_ptr + key + 1, mask=source_mask, other=0)
+    grad_base = grad_ptr + b * sgb + c[None, :] * sgc
+    acc = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+    for j in range(tl.max(last - first, axis=0)):
+        listed = first + j < last
+        entry = tl.load(order_ptr + first + j, mask=listed, other=0)
+        weight = tl.load(weights_ptr + entry, mask=listed, other=0.0).to(tl.float32)
+        p = (entry // 3) % P
+        grad = tl.load(
+            grad_base + ((p // Wo) * sgh + (p % Wo) * sgw)[:, None],
+            mask=listed[:, None] & channel_mask,
+            other=0.0,
+        ).to(tl.float32)
+        acc += weight[:, None] * grad
+    dst = b * sdb + c[None, :] * sdc + ((s // w).to(tl.int64) * sdh + (s % w) * sdw)[:, None]
+    tl.store(
+        grad_z_ptr + dst,
+        acc.to(grad_z_ptr.dtype.element_ty),
+        mask=source_mask[:, None] & channel_mask,
+    )
+
+
+def _flat_index(index: torch.Tensor) -> torch.Tensor:
+    """``index`` as ``[B, P, 3]`` (a view when possible)."""
+    return index.reshape(index.shape[0], -1, VERTICES)
+
+
+def _is_channels_last(tensor: torch.Tensor) -> int:
+    return int(_output_format(tensor) == torch.channels_last)
+
+
+def _bucket(count: int) -> int:
+    return max(count, 1).bit_length()
+
+
+@torch.library.custom_op("sfm::gather", mutates_args=())
+def _gather_op(z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    check_device(z=z, index=index, weights=weights)
+    batch, channels, _, width = z.shape
+    out_h, out_w = index.shape[1:3]
+    out = torch.empty(
+        batch, channels, out_h, out_w, dtype=z.dtype, device=z.device,
+        memory_format=_output_format(z),
+    )  # fmt: skip
+    if out.numel() == 0:
+        return out
+    flat_index, flat_weights = _flat_index(index), _flat_index(weights)
+    pixels = out_h * out_w
+
+    def grid(meta: dict[str, Any]) -> tuple[int, int, int]:
+        return (cdiv(pixels, meta["BLOCK_P"]), cdiv(channels, meta["BLOCK_C"]), batch)
+
+    _gather_forward_kernel[grid](
+        z, flat_index, flat_weights, out,
+        channels, width, pixels, out_w,
+        *z.stride(), *flat_index.stride(), *flat_weights.stride(), *out.stride(),
+        _is_channels_last(z), _bucket(pixels),
+    )  # fmt: skip
+    return out
+
+
+@_gather_op.register_fake
+def _gather_fake(z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return torch.empty(
+        (z.shape[0], z.shape[1], index.shape[1], index.shape[2]),
+        dtype=z.dtype,
+        device=z.device,
+        memory_format=_output_format(z),
+    )
+
+
+def _grad_z(
+    grad: torch.Tensor, z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """The transpose of the gather, as a gather over the inverse index (no atomics)."""
+    batch, channels, height, width = z.shape
+    grad_z = torch.empty_like(z)
+    sources = height * width
+    if grad_z.numel() == 0:
+        return grad_z
+    flat_index = _flat_index(index).to(torch.int64)
+    pixels = flat_index.shape[1]
+    base = torch.arange(batch, device=z.device, dtype=torch.int64).view(-1, 1, 1) * sources
+    keys, order = torch.sort((flat_index + base).flatten(), stable=True)
+    offsets = torch.searchsorted(
+        keys, torch.arange(batch * sources + 1, device=z.device, dtype=torch.int64)
+    )
+    flat_weights = _flat_index(weights).contiguous()
+
+    def grid(meta: dict[str, Any]) -> tuple[int, int, int]:
+        return (cdiv(sources, meta["BLOCK_S"]), cdiv(channels, meta["BLOCK_C"]), batch)
+
+    _gather_grad_z_kernel[grid](
+        grad, flat_weights, order, offsets, grad_z,
+        channels, width, sources, pixels, index.shape[2],
+        *grad.stride(), *grad_z.stride(),
+        _is_channels_last(z), _bucket(sources),
+    )  # fmt: skip
+    return grad_z
+
+
+def _grad_weights(grad: torch.Tensor, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Per (pixel, vertex) channel dot products, one program per pixel block (single writer)."""
+    batch, channels, _, width = z.shape
+    grad_weights = torch.empty(index.shape, dtype=torch.float32, device=z.device)
+    if grad_weights.numel() == 0 or channels == 0:
+        return grad_weights.zero_()
+    flat_index, flat_grad_weights = _flat_index(index), _flat_index(grad_weights)
+    pixels = flat_index.shape[1]
+
+    def grid(meta: dict[str, Any]) -> tuple[int, int]:
+        return (cdiv(pixels, meta["BLOCK_P"]), batch)
+
+    _gather_grad_weights_kernel[grid](
+        grad, z, flat_index, flat_grad_weights,
+        channels, width, pixels, index.shape[2],
+        *grad.stride(), *z.stride(), *flat_index.stride(), *flat_grad_weights.stride(),
+        _is_channels_last(z), _bucket(pixels),
+    )  # fmt: skip
+    return grad_weights
+
+
+@torch.library.custom_op("sfm::gather_backward", mutates_args=())
+def _gather_backward_op(
+    grad: torch.Tensor,
+    z: torch.Tensor,
+    index: torch.Tensor,
+    weights: torch.Tensor,
+    need_z: bool,
+    need_weights: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_z, grad_weights)``; a gradient that is not needed comes back empty."""
+    check_device(grad=grad, z=z, index=index, weights=weights)
+    grad_z = _grad_z(grad, z, index, weights) if need_z else z.new_empty(0)
+    grad_weights = (
+        _grad_weights(grad, z, index).to(weights.dtype) if need_weights else weights.new_empty(0)
+    )
+    return grad_z, grad_weights
+
+
+@_gather_backward_op.register_fake
+def _gather_backward_fake(
+    grad: torch.Tensor,
+    z: torch.Tensor,
+    index: torch.Tensor,
+    weights: torch.Tensor,
+    need_z: bool,
+    need_weights: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_z = torch.empty_like(z) if need_z else z.new_empty(0)
+    grad_weights = weights.new_empty(index.shape) if need_weights else weights.new_empty(0)
+    return grad_z, grad_weights
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(
+    ctx: Any, grad: torch.Tensor
+) -> tuple[torch.Tensor | None, None, torch.Tensor | None]:
+    z, index, weights = ctx.saved_tensors
+    need_z, _, need_weights = ctx.needs_input_grad
+    grad_z, grad_weights = _gather_backward_op(grad, z, index, weights, need_z, need_weights)
+    return (grad_z if need_z else None), None, (grad_weights if need_weights else None)
+
+
+_gather_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_flop_formula(torch.ops.sfm.gather)
+def _gather_flops(z_shape: Any, index_shape: Any, *args: Any, **kwargs: Any) -> int:
+    return 2 * gather_macs(z_shape, index_shape)
+
+
+@register_flop_formula(torch.ops.sfm.gather_backward)
+def _gather_backward_flops(
+    grad_shape: Any,
+    z_shape: Any,
+    index_shape: Any,
+    weights_shape: Any,
+    need_z: bool,
+    need_weights: bool,
+    **kwargs: Any,
+) -> int:
+    """The transposed blend for ``grad_z``; one channel dot product per weight."""
+    return 2 * gather_macs(z_shape, index_shape) * (int(need_z) + int(need_weights))
+
+
+def _check_gather(z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> None:
+    check_tensor("z", z, ndim=4, shape_hint="[B, K, h, w]")
+    check_tensor("index", index, ndim=4, floating=False, shape_hint="[B, Ho, Wo, 3]")
+    check_tensor("weights", weights, ndim=4, shape_hint="[B, Ho, Wo, 3]")
+    check_same_batch(z=z, index=index, weights=weights)
+    if index.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"index must be int32 or int64, got {index.dtype}")
+    if index.shape != weights.shape or index.shape[-1] != VERTICES:
+        raise ValueError(
+            f"index and weights must both be [B, Ho, Wo, 3], got {tuple(index.shape)} and "
+            f"{tuple(weights.shape)}"
+        )
+    if z.shape[0] > 65535:
+        raise ValueError(f"z must have a batch of at most 65535, got {z.shape[0]}")
+    check_dtype("z", z)
+    check_dtype("weights", weights, _WEIGHT_DTYPES)
+    check_device(z=z, index=index, weights=weights)
+
+
+def gather(z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Triton :func:`sfm_core.functional.gather`: same signature, semantics and dtypes.
+
+    Like the reference it checks that ``index`` lies in ``[0, h*w)``, which reads two values back
+    to the host; :func:`nonuniform_upsample` skips that check (its indices come from rasterize).
+    """
+    _check_gather(z, index, weights)
+    sources = z.shape[2] * z.shape[3]
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= sources):
+        raise ValueError(f"index must lie in [0, h*w) = [0, {sources}), got values outside it")
+    return torch.ops.sfm.gather(z, index, weights)  # type: ignore[no-any-return]
+
+
+def nonuniform_upsample(
+    z: torch.Tensor, positions: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """Triton :func:`sfm_core.functional.nonuniform_upsample`: ``gather(z, *rasterize(...))``.
+
+    Gradient flows to ``z`` only; no host synchronisation (CUDA-graph capturable).
+    """
+    check_tensor("z", z, ndim=4, shape_hint="[B, K, h, w]")
+    check_positions(positions)
+    check_same_batch(z=z, positions=positions)
+    if positions.shape[-2:] != z.shape[-2:]:
+        raise ValueError(
+            f"positions and z must share h, w, got positions {tuple(positions.shape)} and "
+            f"z {tuple(z.shape)}"
+        )
+    check_dtype("z", z)
+    check_device(z=z, positions=positions)
+    index, weights = rasterize(positions, size)
+    return torch.ops.sfm.gather(z, index, weights)  # type: ignore[no-any-return]
