@@ -19,10 +19,10 @@ from typing import Any
 import detectron2.engine as d2_engine
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from detectron2.engine import defaults as d2_defaults
 from detectron2.engine import launch as detectron2_launch
 from detectron2.utils import comm
+from torch.multiprocessing.spawn import start_processes
 
 from sfm_d2 import compat
 
@@ -108,7 +108,7 @@ def launch(
     preset = "OMP_NUM_THREADS" in os.environ
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # inherited by the workers from birth
     try:
-        mp.start_processes(
+        start_processes(
             _cpu_worker,
             nprocs=num_workers_per_machine,
             args=(

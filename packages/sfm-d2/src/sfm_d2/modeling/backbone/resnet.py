@@ -200,7 +200,7 @@ def build_ars(cfg: CfgNode, channels: int) -> nn.Module:
     )
 
 
-@BACKBONE_REGISTRY.register()  # type: ignore[misc]
+@BACKBONE_REGISTRY.register()  # type: ignore[untyped-decorator]
 def build_sfm_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> SFMResNet:
     """``MODEL.BACKBONE.NAME: build_sfm_resnet_backbone``: reads MODEL.RESNETS.* and MODEL.SFM.*."""
     validate_sfm_config(cfg)
