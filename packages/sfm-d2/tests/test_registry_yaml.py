@@ -17,29 +17,31 @@ from sfm_d2.modeling.backbone import is_feature_key, positions_key
 CONFIGS = Path(__file__).parent / "configs" / "backbones"
 LEVELS = ["res2", "res3", "res4", "res5"]
 
-# Parameters of the official ImageNet models (torchvision ResNets, microsoft Swin, facebookresearch
-# ConvNeXt), the classifier (head/fc and, for Swin/ConvNeXt, the final norm) removed, plus the
-# four per-level feature LayerNorms the Swin/ConvNeXt backbones add.
+
+def backbone_only(total: int, widths: list[int], *, classifier_norm: bool = True) -> int:
+    """An official ImageNet model's parameter count without its 1000-class classifier (and the
+    final norm before it), plus the per-level feature LayerNorms of the Swin/ConvNeXt backbones."""
+    last = widths[-1]
+    removed = last * 1000 + 1000 + (2 * last if classifier_norm else 0)
+    added = 2 * sum(widths) if classifier_norm else 0
+    return total - removed + added
+
+
+TINY, BASE = [96, 192, 384, 768], [128, 256, 512, 1024]
+# Totals of the official models: torchvision ResNets (no final norm, no feature norms), microsoft
+# Swin, facebookresearch ConvNeXt.
 PLAIN = {
-    "sfm_R18.yaml": 11_689_512 - (512 * 1000 + 1000),
-    "sfm_R34.yaml": 21_797_672 - (512 * 1000 + 1000),
-    "sfm_R50.yaml": 25_557_032 - (2048 * 1000 + 1000),
-    "sfm_R50_D8.yaml": 25_557_032 - (2048 * 1000 + 1000),
-    "sfm_R101.yaml": 44_549_160 - (2048 * 1000 + 1000),
-    "sfm_swin_tiny.yaml": 28_288_354 - (768 * 1000 + 1000 + 2 * 768) + 2 * (96 + 192 + 384 + 768),
-    "sfm_swin_small.yaml": 49_606_258 - (768 * 1000 + 1000 + 2 * 768) + 2 * (96 + 192 + 384 + 768),
-    "sfm_swin_base.yaml": 87_768_224
-    - (1024 * 1000 + 1000 + 2 * 1024)
-    + 2 * (128 + 256 + 512 + 1024),
-    "sfm_convnext_tiny.yaml": 28_589_128
-    - (768 * 1000 + 1000 + 2 * 768)
-    + 2 * (96 + 192 + 384 + 768),
-    "sfm_convnext_small.yaml": 50_223_688
-    - (768 * 1000 + 1000 + 2 * 768)
-    + 2 * (96 + 192 + 384 + 768),
-    "sfm_convnext_base.yaml": 88_591_464
-    - (1024 * 1000 + 1000 + 2 * 1024)
-    + 2 * (128 + 256 + 512 + 1024),
+    "sfm_R18.yaml": backbone_only(11_689_512, [512], classifier_norm=False),
+    "sfm_R34.yaml": backbone_only(21_797_672, [512], classifier_norm=False),
+    "sfm_R50.yaml": backbone_only(25_557_032, [2048], classifier_norm=False),
+    "sfm_R50_D8.yaml": backbone_only(25_557_032, [2048], classifier_norm=False),
+    "sfm_R101.yaml": backbone_only(44_549_160, [2048], classifier_norm=False),
+    "sfm_swin_tiny.yaml": backbone_only(28_288_354, TINY),
+    "sfm_swin_small.yaml": backbone_only(49_606_258, TINY),
+    "sfm_swin_base.yaml": backbone_only(87_768_224, BASE),
+    "sfm_convnext_tiny.yaml": backbone_only(28_589_128, TINY),
+    "sfm_convnext_small.yaml": backbone_only(50_223_688, TINY),
+    "sfm_convnext_base.yaml": backbone_only(88_591_464, BASE),
 }
 STRIDES = {"sfm_R50_D8.yaml": [4, 8, 8, 8]}
 SMALL = ["sfm_R18.yaml", "sfm_R50_D8.yaml", "sfm_swin_tiny.yaml", "sfm_convnext_tiny.yaml"]
