@@ -29,6 +29,7 @@ from sfm_core._checks import check_positive, check_tensor
 from sfm_triton._runtime import autotune_configs, cdiv, check_device, check_dtype
 from sfm_triton.flops import saliency_grid_macs
 
+# The window loops stay loops (unrolling 121 taps made sm_90 compiles take 20-40 s and spill).
 _CONFIGS = autotune_configs(
     [
         triton.Config({"BLOCK_H": 8, "BLOCK_W": 16}, num_warps=4),
@@ -67,13 +68,13 @@ def _saliency_forward_kernel(
     weight = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
     sum_x = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
     sum_y = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
-    for a in tl.static_range(2 * WINDOW + 1):
+    for a in range(2 * WINDOW + 1):
         tap_rows = rows + (a - WINDOW)
         source_rows = _reflect(tap_rows, H).to(tl.int64)
         k_row = tl.exp(-gauss * ((a - WINDOW) * (a - WINDOW)))
         row_weight = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
         row_x = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
-        for b in tl.static_range(2 * WINDOW + 1):
+        for b in range(2 * WINDOW + 1):
             tap_cols = cols + (b - WINDOW)
             source_cols = _reflect(tap_cols, W).to(tl.int64)
             k_col = tl.exp(-gauss * ((b - WINDOW) * (b - WINDOW)))
@@ -182,14 +183,14 @@ def _saliency_backward_kernel(
                     sum_a = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
                     sum_b = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
                     sum_c = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
-                    for a in tl.static_range(2 * WINDOW + 1):
+                    for a in range(2 * WINDOW + 1):
                         p_rows = tap_rows - (a - WINDOW)
                         use_r = ok_r & (p_rows >= 0) & (p_rows < H)
                         k_row = tl.exp(-gauss * ((a - WINDOW) * (a - WINDOW)))
                         part_a = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
                         part_b = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
                         part_c = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
-                        for b in tl.static_range(2 * WINDOW + 1):
+                        for b in range(2 * WINDOW + 1):
                             p_cols = tap_cols - (b - WINDOW)
                             use = use_r[:, None] & (ok_c & (p_cols >= 0) & (p_cols < W))[None, :]
                             k_col = tl.exp(-gauss * ((b - WINDOW) * (b - WINDOW)))
