@@ -33,6 +33,11 @@ SHAPES = [
 LAYOUTS = ["contiguous", "channels_last", "strided"]
 
 
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
 def make_v(shape: tuple[int, int, int, int], dtype: torch.dtype, layout: str) -> torch.Tensor:
     """Random values in the asked layout (``strided``: every other channel of a wider map)."""
     batch, channels, height, width = shape

@@ -34,30 +34,31 @@ from sfm_triton.flops import lprm_aggregate_macs
 TAPS = 9
 _SPAN = 16  # columns summed at once where the first/last column collects its clamped pixels
 
+# At most 16 tile elements per thread: larger tiles need over 128 registers (ptxas, sm_90).
 _PIXEL_CONFIGS = autotune_configs(
     [
         triton.Config({"BLOCK_P": 64, "BLOCK_C": 16}, num_warps=4),
+        triton.Config({"BLOCK_P": 128, "BLOCK_C": 16}, num_warps=4),
         triton.Config({"BLOCK_P": 64, "BLOCK_C": 32}, num_warps=4),
-        triton.Config({"BLOCK_P": 128, "BLOCK_C": 32}, num_warps=4),
-        triton.Config({"BLOCK_P": 64, "BLOCK_C": 64}, num_warps=4),
-        triton.Config({"BLOCK_P": 128, "BLOCK_C": 64}, num_warps=8),
-        triton.Config({"BLOCK_P": 256, "BLOCK_C": 32}, num_warps=8),
+        triton.Config({"BLOCK_P": 32, "BLOCK_C": 64}, num_warps=4),
+        triton.Config({"BLOCK_P": 128, "BLOCK_C": 32}, num_warps=8),
+        triton.Config({"BLOCK_P": 64, "BLOCK_C": 64}, num_warps=8),
+    ]
+)
+_ROW_CONFIGS = autotune_configs(
+    [
+        triton.Config({"BLOCK_X": 32, "BLOCK_C": 16}, num_warps=4),
+        triton.Config({"BLOCK_X": 32, "BLOCK_C": 64}, num_warps=4),
+        triton.Config({"BLOCK_X": 64, "BLOCK_C": 32}, num_warps=4),
+        triton.Config({"BLOCK_X": 128, "BLOCK_C": 16}, num_warps=4),
+        triton.Config({"BLOCK_X": 64, "BLOCK_C": 64}, num_warps=8),
+        triton.Config({"BLOCK_X": 128, "BLOCK_C": 32}, num_warps=8),
     ]
 )
 # Keys: channels, layout and the pixel count bucketed to a power of two (a new crop size re-tunes
 # only when it changes the bucket); the row kernel's tile runs along a row, so its width bucket.
 _PIXEL_KEY = ["K", "CHANNELS_LAST", "PIXEL_BUCKET"]
 _ROW_KEY = ["K", "CHANNELS_LAST", "WIDTH_BUCKET"]
-_ROW_CONFIGS = autotune_configs(
-    [
-        triton.Config({"BLOCK_X": 32, "BLOCK_C": 16}, num_warps=4),
-        triton.Config({"BLOCK_X": 32, "BLOCK_C": 64}, num_warps=4),
-        triton.Config({"BLOCK_X": 64, "BLOCK_C": 32}, num_warps=4),
-        triton.Config({"BLOCK_X": 64, "BLOCK_C": 64}, num_warps=4),
-        triton.Config({"BLOCK_X": 128, "BLOCK_C": 32}, num_warps=8),
-        triton.Config({"BLOCK_X": 128, "BLOCK_C": 64}, num_warps=8),
-    ]
-)
 
 
 @triton.jit
@@ -77,7 +78,7 @@ def _softmax_taps(logits_ptr, base, pix, pixel_mask, stride_n, BLOCK_P: tl.const
 
 
 @triton.jit
-def _tap_column(tile, taps, n: tl.constexpr):
+def _tap_column(tile, taps, n):
     """Column ``n`` of a ``[BLOCK_P, 16]`` tile."""
     return tl.sum(tl.where(taps[None, :] == n, tile, 0.0), axis=1)
 
@@ -106,7 +107,7 @@ def _lprm_forward_kernel(
     )
     v_base = v_ptr + b * svb + c[None, :] * svc
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for n in tl.static_range(9):
+    for n in range(9):  # a runtime loop: unrolled, the 9 tiles' loads are hoisted and spill
         ty = tl.minimum(tl.maximum(y + (n // 3 - 1) * dilation, 0), H - 1)
         tx = tl.minimum(tl.maximum(x + (n % 3 - 1) * dilation, 0), W - 1)
         src = ty.to(tl.int64) * svh + tx.to(tl.int64) * svw
@@ -147,7 +148,7 @@ def _lprm_grad_logits_kernel(
                 grad_ptr + b * sgb + c[None, :] * sgc + grad_pix[:, None], mask=mask, other=0.0
             ).to(tl.float32)
             v_base = v_ptr + b * svb + c[None, :] * svc
-            for n in tl.static_range(9):
+            for n in range(9):
                 ty = tl.minimum(tl.maximum(y + (n // 3 - 1) * dilation, 0), H - 1)
                 tx = tl.minimum(tl.maximum(x + (n % 3 - 1) * dilation, 0), W - 1)
                 src = ty.to(tl.int64) * svh + tx.to(tl.int64) * svw
@@ -211,36 +212,38 @@ def _lprm_grad_v_kernel(
     # Columns that clamp onto the first/last column besides its shifted one: min(d, W) of them.
     clamped = tl.minimum(dilation, W)
     acc = tl.zeros([BLOCK_X, BLOCK_C], dtype=tl.float32)
-    for n in tl.static_range(9):
+    for n in range(9):
         sy = (n // 3 - 1) * dilation
         sx = (n % 3 - 1) * dilation
         y_lo = tl.where(qy == 0, 0, tl.maximum(qy - sy, 0))
         y_hi = tl.where(qy == H - 1, H - 1, tl.minimum(qy - sy, H - 1))
         px = qx - sx
         px_mask = column_mask & (px >= 0) & (px < W)
+        # The first (last) column also collects the columns left (right) of the map's edge.
+        left_edge = (n % 3 == 0) & (block == 0)
+        right_edge = (n % 3 == 2) & (block == column_blocks - 1)
         for py in range(y_lo, y_hi + 1):
             row = tl.cast(py, tl.int64)
-            weight = tl.load(weights_base + n * HW + row * W + px, mask=px_mask, other=0.0)
+            weights_row = weights_base + n * HW + row * W
+            weight = tl.load(weights_row + px, mask=px_mask, other=0.0)
             grad = tl.load(
                 grad_base + (row * sgh + px.to(tl.int64) * sgw)[:, None],
                 mask=px_mask[:, None] & channel_mask,
                 other=0.0,
             ).to(tl.float32)
             acc += weight[:, None] * grad
-            if n % 3 == 0:  # noqa: SIM102 (static tap test, then a runtime block test)
-                if block == 0:
-                    extra = _clamped_columns(
-                        grad_base, weights_base + n * HW + row * W, row * sgh, sgw, W, clamped,
-                        channel_mask, True, SPAN, BLOCK_C,
-                    )  # fmt: skip
-                    acc += tl.where((qx == 0)[:, None], extra[None, :], 0.0)
-            if n % 3 == 2:  # noqa: SIM102
-                if block == column_blocks - 1:
-                    extra = _clamped_columns(
-                        grad_base, weights_base + n * HW + row * W, row * sgh, sgw, W, clamped,
-                        channel_mask, False, SPAN, BLOCK_C,
-                    )  # fmt: skip
-                    acc += tl.where((qx == W - 1)[:, None], extra[None, :], 0.0)
+            if left_edge:
+                extra = _clamped_columns(
+                    grad_base, weights_row, row * sgh, sgw, W, clamped, channel_mask,
+                    True, SPAN, BLOCK_C,
+                )  # fmt: skip
+                acc += tl.where((qx == 0)[:, None], extra[None, :], 0.0)
+            if right_edge:
+                extra = _clamped_columns(
+                    grad_base, weights_row, row * sgh, sgw, W, clamped, channel_mask,
+                    False, SPAN, BLOCK_C,
+                )  # fmt: skip
+                acc += tl.where((qx == W - 1)[:, None], extra[None, :], 0.0)
     dst = b * sdb + c[None, :] * sdc + (qy.to(tl.int64) * sdh + qx.to(tl.int64) * sdw)[:, None]
     tl.store(
         grad_v_ptr + dst,

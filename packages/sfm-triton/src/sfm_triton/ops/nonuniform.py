@@ -46,25 +46,26 @@ _WEIGHT_DTYPES = _POSITION_DTYPES
 # kernel's counter would be corrupted by the autotuner's repeated timing runs.
 _OWNER_BLOCK_T, _OWNER_BLOCK_S = 32, 16
 _PIXEL_BLOCK = 128
-_NEAREST_BLOCK_U, _NEAREST_BLOCK_L = 32, 64
+_NEAREST_BLOCK_U, _NEAREST_BLOCK_L = 32, 32
 
+# At most 16 tile elements per thread: larger tiles need over 128 registers (ptxas, sm_90).
 _GATHER_CONFIGS = autotune_configs(
     [
         triton.Config({"BLOCK_P": 64, "BLOCK_C": 16}, num_warps=4),
+        triton.Config({"BLOCK_P": 128, "BLOCK_C": 16}, num_warps=4),
         triton.Config({"BLOCK_P": 64, "BLOCK_C": 32}, num_warps=4),
-        triton.Config({"BLOCK_P": 128, "BLOCK_C": 32}, num_warps=4),
-        triton.Config({"BLOCK_P": 64, "BLOCK_C": 64}, num_warps=4),
-        triton.Config({"BLOCK_P": 128, "BLOCK_C": 64}, num_warps=8),
-        triton.Config({"BLOCK_P": 256, "BLOCK_C": 32}, num_warps=8),
+        triton.Config({"BLOCK_P": 32, "BLOCK_C": 64}, num_warps=4),
+        triton.Config({"BLOCK_P": 128, "BLOCK_C": 32}, num_warps=8),
+        triton.Config({"BLOCK_P": 64, "BLOCK_C": 64}, num_warps=8),
     ]
 )
 _SCATTER_CONFIGS = autotune_configs(
     [
         triton.Config({"BLOCK_S": 32, "BLOCK_C": 16}, num_warps=4),
+        triton.Config({"BLOCK_S": 64, "BLOCK_C": 16}, num_warps=4),
         triton.Config({"BLOCK_S": 32, "BLOCK_C": 64}, num_warps=4),
         triton.Config({"BLOCK_S": 64, "BLOCK_C": 32}, num_warps=4),
         triton.Config({"BLOCK_S": 64, "BLOCK_C": 64}, num_warps=8),
-        triton.Config({"BLOCK_S": 128, "BLOCK_C": 32}, num_warps=8),
     ]
 )
 # Keys: channels, layout of z, and the pixel (or source) count bucketed to a power of two.
@@ -359,6 +360,15 @@ def _output_format(z: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+@triton.jit
+def _plane_offset(pixel, width, stride_h, stride_w, FLAT: tl.constexpr):
+    """Memory offset of flat pixel ``pixel`` (int32) in a plane; ``FLAT``: rows are contiguous."""
+    offset = pixel.to(tl.int64) * stride_w
+    if not FLAT:
+        offset = (pixel // width).to(tl.int64) * stride_h + (pixel % width).to(tl.int64) * stride_w
+    return offset
+
+
 @triton.autotune(configs=_GATHER_CONFIGS, key=_KEY)
 @triton.jit
 def _gather_forward_kernel(
@@ -369,6 +379,7 @@ def _gather_forward_kernel(
     swb, swp, swt,
     sob, soc, soh, sow,
     CHANNELS_LAST, PIXEL_BUCKET,
+    FLAT_Z: tl.constexpr, FLAT_OUT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(2).to(tl.int64)
@@ -378,16 +389,13 @@ def _gather_forward_kernel(
     mask = pixel_mask[:, None] & (c < K)[None, :]
     z_base = z_ptr + b * szb + c[None, :] * szc
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for t in tl.static_range(3):
-        src = tl.load(index_ptr + b * sib + p * sip + t * sit, mask=pixel_mask, other=0).to(
-            tl.int64
-        )
+    for t in range(3):
+        src = tl.load(index_ptr + b * sib + p * sip + t * sit, mask=pixel_mask, other=0)
         weight = tl.load(weights_ptr + b * swb + p * swp + t * swt, mask=pixel_mask, other=0.0)
-        value = tl.load(
-            z_base + ((src // w) * szh + (src % w) * szw)[:, None], mask=mask, other=0.0
-        )
+        src_offset = _plane_offset(src.to(tl.int32), w, szh, szw, FLAT_Z)
+        value = tl.load(z_base + src_offset[:, None], mask=mask, other=0.0)
         acc += weight.to(tl.float32)[:, None] * value.to(tl.float32)
-    dst = b * sob + c[None, :] * soc + ((p // Wo).to(tl.int64) * soh + (p % Wo) * sow)[:, None]
+    dst = b * sob + c[None, :] * soc + _plane_offset(p, Wo, soh, sow, FLAT_OUT)[:, None]
     tl.store(out_ptr + dst, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -401,6 +409,7 @@ def _gather_grad_weights_kernel(
     sib, sip, sit,
     sdb, sdp, sdt,
     CHANNELS_LAST, PIXEL_BUCKET,
+    FLAT_GRAD: tl.constexpr, FLAT_Z: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """``grad_weights(p, t) = sum_k dY(k, p) z(k, index(p, t))``, looping over the channels."""
@@ -412,9 +421,9 @@ def _gather_grad_weights_kernel(
         index_ptr + b * sib + p[:, None] * sip + vertex[None, :] * sit,
         mask=pixel_mask[:, None] & (vertex < 3)[None, :],
         other=0,
-    ).to(tl.int64)
-    src_offset = (src // w) * szh + (src % w) * szw  # [BLOCK_P, 4]
-    grad_pix = (p // Wo).to(tl.int64) * sgh + (p % Wo) * sgw
+    )
+    src_offset = _plane_offset(src.to(tl.int32), w, szh, szw, FLAT_Z)  # [BLOCK_P, 4]
+    grad_pix = _plane_offset(p, Wo, sgh, sgw, FLAT_GRAD)
     dots = tl.zeros([BLOCK_P, 4], dtype=tl.float32)
     for c0 in range(0, K, BLOCK_C):
         c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
@@ -422,7 +431,7 @@ def _gather_grad_weights_kernel(
         grad = tl.load(
             grad_ptr + b * sgb + c[None, :] * sgc + grad_pix[:, None], mask=mask, other=0.0
         ).to(tl.float32)
-        for t in tl.static_range(3):
+        for t in range(3):
             offset = tl.sum(tl.where(vertex[None, :] == t, src_offset, 0), axis=1)
             value = tl.load(
                 z_ptr + b * szb + c[None, :] * szc + offset[:, None], mask=mask, other=0.0
@@ -443,6 +452,7 @@ def _gather_grad_z_kernel(
     sgb, sgc, sgh, sgw,
     sdb, sdc, sdh, sdw,
     CHANNELS_LAST, PIXEL_BUCKET,
+    FLAT_GRAD: tl.constexpr, FLAT_DZ: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """``grad_z(k, s) = sum`` over the entries ``(p, t)`` listed for source ``s`` of ``w dY(k, p)``.
@@ -464,14 +474,14 @@ def _gather_grad_z_kernel(
         listed = first + j < last
         entry = tl.load(order_ptr + first + j, mask=listed, other=0)
         weight = tl.load(weights_ptr + entry, mask=listed, other=0.0).to(tl.float32)
-        p = (entry // 3) % P
+        p = (entry // 3 - b * P).to(tl.int32)
         grad = tl.load(
-            grad_base + ((p // Wo) * sgh + (p % Wo) * sgw)[:, None],
+            grad_base + _plane_offset(p, Wo, sgh, sgw, FLAT_GRAD)[:, None],
             mask=listed[:, None] & channel_mask,
             other=0.0,
         ).to(tl.float32)
         acc += weight[:, None] * grad
-    dst = b * sdb + c[None, :] * sdc + ((s // w).to(tl.int64) * sdh + (s % w) * sdw)[:, None]
+    dst = b * sdb + c[None, :] * sdc + _plane_offset(s, w, sdh, sdw, FLAT_DZ)[:, None]
     tl.store(
         grad_z_ptr + dst,
         acc.to(grad_z_ptr.dtype.element_ty),
@@ -482,6 +492,11 @@ def _gather_grad_z_kernel(
 def _flat_index(index: torch.Tensor) -> torch.Tensor:
     """``index`` as ``[B, P, 3]`` (a view when possible)."""
     return index.reshape(index.shape[0], -1, VERTICES)
+
+
+def _flat_plane(tensor: torch.Tensor) -> bool:
+    """Whether ``[..., h, w]`` rows follow each other in memory (NCHW, channels-last, expanded)."""
+    return tensor.stride(-2) == tensor.shape[-1] * tensor.stride(-1)
 
 
 def _is_channels_last(tensor: torch.Tensor) -> int:
@@ -514,6 +529,7 @@ def _gather_op(z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> t
         channels, width, pixels, out_w,
         *z.stride(), *flat_index.stride(), *flat_weights.stride(), *out.stride(),
         _is_channels_last(z), _bucket(pixels),
+        FLAT_Z=_flat_plane(z), FLAT_OUT=_flat_plane(out),
     )  # fmt: skip
     return out
 
@@ -554,6 +570,7 @@ def _grad_z(
         channels, width, sources, pixels, index.shape[2],
         *grad.stride(), *grad_z.stride(),
         _is_channels_last(z), _bucket(sources),
+        FLAT_GRAD=_flat_plane(grad), FLAT_DZ=_flat_plane(grad_z),
     )  # fmt: skip
     return grad_z
 
@@ -575,6 +592,7 @@ def _grad_weights(grad: torch.Tensor, z: torch.Tensor, index: torch.Tensor) -> t
         channels, width, pixels, index.shape[2],
         *grad.stride(), *z.stride(), *flat_index.stride(), *flat_grad_weights.stride(),
         _is_channels_last(z), _bucket(pixels),
+        FLAT_GRAD=_flat_plane(grad), FLAT_Z=_flat_plane(z),
     )  # fmt: skip
     return grad_weights
 
@@ -660,6 +678,8 @@ def _check_gather(z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -
         )
     if z.shape[0] > 65535:
         raise ValueError(f"z must have a batch of at most 65535, got {z.shape[0]}")
+    if z.shape[2] * z.shape[3] >= 2**31 or index.shape[1] * index.shape[2] >= 2**31:
+        raise ValueError("h * w and Ho * Wo must stay below 2**31")
     check_dtype("z", z)
     check_dtype("weights", weights, _WEIGHT_DTYPES)
     check_device(z=z, index=index, weights=weights)
