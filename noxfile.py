@@ -96,3 +96,14 @@ def gpu(session: nox.Session) -> None:
     """
     session.run("python", "-m", "pytest", "-m", "gpu", "packages/sfm-triton/tests", *session.posargs)
     session.run("python", "packages/sfm-triton/benchmarks/bench_kernels.py")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """CPU benchmark: the reference nonuniform_upsample against scipy's (not a default session).
+
+    Prints one table and writes benchmarks/results/nonuniform_upsample_cpu.json; options go
+    after ``--`` (e.g. ``nox -s bench -- --repeats 3``).
+    """
+    install(session, CORE, "scipy")
+    session.run("python", "benchmarks/bench_nonuniform_upsample.py", *session.posargs)
