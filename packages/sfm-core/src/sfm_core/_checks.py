@@ -41,7 +41,7 @@ def check_same_device(**tensors: torch.Tensor) -> None:
 
 def check_same_batch(**tensors: torch.Tensor) -> None:
     """Raise if the named tensors disagree in their first (batch) dimension."""
-    sizes = {name: t.shape[0] for name, t in tensors.items()}
+    sizes = {name: int(t.shape[0]) for name, t in tensors.items()}
     if len(set(sizes.values())) > 1:
         listing = ", ".join(f"{n}={s}" for n, s in sizes.items())
         raise ValueError(f"batch sizes must agree, got {listing}")

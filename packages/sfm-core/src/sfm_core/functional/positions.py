@@ -72,7 +72,7 @@ def compose_positions(positions: torch.Tensor, grid: torch.Tensor) -> torch.Tens
     check_grid(grid)
     check_same_device(positions=positions, grid=grid)
     check_same_batch(positions=positions, grid=grid)
-    height, width = grid.shape[1:3]
+    height, width = int(grid.shape[1]), int(grid.shape[2])
     resized = resize_positions(positions, (height, width))
     dtype = torch.promote_types(resized.dtype, grid.dtype)
     composed = F.grid_sample(
