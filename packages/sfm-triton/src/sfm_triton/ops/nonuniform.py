@@ -465,22 +465,25 @@ def _gather_grad_z_kernel(
     source_mask = s < S
     c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
     channel_mask = (c < K)[None, :]
-    key = b * S + s
-    first = tl.load(offsets_ptr + key, mask=source_mask, other=0)
-    last = tl.load(offsets_ptr + key + 1, mask=source_mask, other=0)
+    # Per-source values stay [BLOCK_S, 1] columns: 1-D ones inside this loop break Triton 3.6's
+    # layout pass ("mask type matches ptr type").
+    key = (b * S + s)[:, None]
+    first = tl.load(offsets_ptr + key, mask=source_mask[:, None], other=0)
+    last = tl.load(offsets_ptr + key + 1, mask=source_mask[:, None], other=0)
     grad_base = grad_ptr + b * sgb + c[None, :] * sgc
     acc = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    for j in range(tl.max(last - first, axis=0)):
-        listed = first + j < last
-        entry = tl.load(order_ptr + first + j, mask=listed, other=0)
+    for j in range(tl.max(tl.max(last - first, axis=1), axis=0)):
+        position = first + j
+        listed = position < last
+        entry = tl.load(order_ptr + position, mask=listed, other=0)
         weight = tl.load(weights_ptr + entry, mask=listed, other=0.0).to(tl.float32)
         p = (entry // 3 - b * P).to(tl.int32)
         grad = tl.load(
-            grad_base + _plane_offset(p, Wo, sgh, sgw, FLAT_GRAD)[:, None],
-            mask=listed[:, None] & channel_mask,
+            grad_base + _plane_offset(p, Wo, sgh, sgw, FLAT_GRAD),
+            mask=listed & channel_mask,
             other=0.0,
         ).to(tl.float32)
-        acc += weight[:, None] * grad
+        acc += weight * grad
     dst = b * sdb + c[None, :] * sdc + _plane_offset(s, w, sdh, sdw, FLAT_DZ)[:, None]
     tl.store(
         grad_z_ptr + dst,
