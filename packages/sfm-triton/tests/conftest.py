@@ -37,15 +37,26 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+GPU_REASON = (
+    "needs a CUDA device"
+    if not torch.cuda.is_available()
+    else "runs compiled kernels: unset TRITON_INTERPRET"
+    if INTERPRET
+    else None
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Skip kernel tests (all but ``no_runtime`` ones) when no runtime is available."""
-    if RUNTIME_REASON is None:
-        return
+    """Skip ``gpu`` tests without a GPU (or under the interpreter), and every kernel test (all but
+    ``no_runtime`` ones) when no runtime is available."""
     here = os.path.dirname(__file__)
-    skip = pytest.mark.skip(reason=RUNTIME_REASON)
     for item in items:
-        if str(item.path).startswith(here) and item.get_closest_marker("no_runtime") is None:
-            item.add_marker(skip)
+        if not str(item.path).startswith(here):
+            continue
+        if item.get_closest_marker("gpu") is not None and GPU_REASON is not None:
+            item.add_marker(pytest.mark.skip(reason=GPU_REASON))
+        elif RUNTIME_REASON is not None and item.get_closest_marker("no_runtime") is None:
+            item.add_marker(pytest.mark.skip(reason=RUNTIME_REASON))
 
 
 @pytest.fixture

@@ -34,6 +34,16 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, msg: str = "")
     )
 
 
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, *, msg: str = "") -> None:
+    """:func:`assert_close` after dividing both by ``expected``'s largest magnitude.
+
+    For results that sum many terms (a gradient reduced over hundreds of channels): their rounding
+    error scales with the terms, not with an entry that happens to cancel to nearly zero.
+    """
+    scale = expected.detach().abs().max().clamp_min(torch.finfo(expected.dtype).tiny)
+    assert_close(actual / scale.to(actual.dtype), expected / scale, msg=msg)
+
+
 def warped_positions(
     batch: int,
     height: int,
