@@ -7,7 +7,11 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
-from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from detectron2.modeling.backbone.resnet import (
+    BottleneckBlock,
+    DeformBottleneckBlock,
+    build_resnet_backbone,
+)
 from detectron2.projects.deeplab import build_resnet_deeplab_backbone
 from torch import nn
 
@@ -314,3 +318,21 @@ def test_refuses_ars_for_a_stage_it_does_not_have(cfg: CfgNode) -> None:
             out_features=LEVELS,
             ars={"res2": nn.Identity()},
         )
+
+
+def test_deformable_stages_match_plain_with_ars_off(cfg: CfgNode) -> None:
+    configure(cfg, 50, ars=[])
+    cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, True, True]
+    # detectron2 runs the plain deformable conv on CPU (torchvision), not the modulated one.
+    cfg.MODEL.RESNETS.DEFORM_MODULATED = False
+    torch.manual_seed(0)
+    sfm = build_backbone(cfg).eval()
+    plain = build_resnet_backbone(cfg, IMAGE).eval()
+    assert [type(b) for b in sfm.res4] == [DeformBottleneckBlock] * 6
+    assert type(sfm.res3[0]) is BottleneckBlock
+    plain.load_state_dict(sfm.state_dict())
+    x = image(1, 37, 45)
+    with torch.no_grad():
+        got, want = sfm(x), plain(x)
+    for level in LEVELS:
+        assert torch.equal(got[level], want[level])
