@@ -48,7 +48,8 @@ def check_stage_lists(key: str, value: Sequence[int]) -> list[int]:
 def first_positions(x: torch.Tensor) -> torch.Tensor:
     """Identity positions for the map ``x`` ``[B, C, h, w]``: fp32, fp64 for fp64 maps."""
     dtype = torch.promote_types(x.dtype, torch.float32)
-    batch, _, height, width = x.shape
+    # int(): under tracing (fvcore's FLOP count) sizes come as tensors; the trace fixes them.
+    batch, _, height, width = (int(size) for size in x.shape)
     return identity_positions(batch, height, width, device=x.device, dtype=dtype)
 
 
@@ -62,4 +63,4 @@ def resample_level(
 
 def downsampled_positions(positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Positions for the map ``x`` ``[B, C, h, w]`` after a downsampling layer (bilinear resize)."""
-    return resize_positions(positions, (x.shape[-2], x.shape[-1]))
+    return resize_positions(positions, (int(x.shape[-2]), int(x.shape[-1])))
