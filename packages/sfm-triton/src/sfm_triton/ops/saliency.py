@@ -29,14 +29,14 @@ from sfm_core._checks import check_positive, check_tensor
 from sfm_triton._runtime import autotune_configs, cdiv, check_device, check_dtype
 from sfm_triton.flops import saliency_grid_macs
 
-# The window loops stay loops (unrolling 121 taps made sm_90 compiles take 20-40 s and spill).
+# The window loops stay loops (unrolling 121 taps made sm_90 compiles take 20-40 s and spill);
+# 32x32 tiles spill in the backward with Triton 3.6.
 _CONFIGS = autotune_configs(
     [
         triton.Config({"BLOCK_H": 8, "BLOCK_W": 16}, num_warps=4),
         triton.Config({"BLOCK_H": 8, "BLOCK_W": 32}, num_warps=4),
         triton.Config({"BLOCK_H": 16, "BLOCK_W": 16}, num_warps=4),
         triton.Config({"BLOCK_H": 16, "BLOCK_W": 32}, num_warps=4),
-        triton.Config({"BLOCK_H": 32, "BLOCK_W": 32}, num_warps=8),
     ]
 )
 _KEY = ["WINDOW", "PIXEL_BUCKET"]
