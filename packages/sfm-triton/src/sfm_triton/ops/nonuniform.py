@@ -48,7 +48,8 @@ _OWNER_BLOCK_T, _OWNER_BLOCK_S = 32, 16
 _PIXEL_BLOCK = 128
 _NEAREST_BLOCK_U, _NEAREST_BLOCK_L = 32, 32
 
-# At most 16 tile elements per thread: larger tiles need over 128 registers (ptxas, sm_90).
+# At most 16 tile elements per thread (larger tiles spill); every config compiles for sm_90
+# without spills (tests/compile_nonuniform_lprm_for_gpu.py).
 _GATHER_CONFIGS = autotune_configs(
     [
         triton.Config({"BLOCK_P": 64, "BLOCK_C": 16}, num_warps=4),
@@ -416,32 +417,39 @@ def _gather_grad_weights_kernel(
     b = tl.program_id(1).to(tl.int64)
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     pixel_mask = p < P
-    vertex = tl.arange(0, 4)
-    src = tl.load(
-        index_ptr + b * sib + p[:, None] * sip + vertex[None, :] * sit,
-        mask=pixel_mask[:, None] & (vertex < 3)[None, :],
-        other=0,
+    index_base = index_ptr + b * sib + p * sip
+    offset0 = _plane_offset(
+        tl.load(index_base, mask=pixel_mask, other=0).to(tl.int32), w, szh, szw, FLAT_Z
     )
-    src_offset = _plane_offset(src.to(tl.int32), w, szh, szw, FLAT_Z)  # [BLOCK_P, 4]
+    offset1 = _plane_offset(
+        tl.load(index_base + sit, mask=pixel_mask, other=0).to(tl.int32), w, szh, szw, FLAT_Z
+    )
+    offset2 = _plane_offset(
+        tl.load(index_base + 2 * sit, mask=pixel_mask, other=0).to(tl.int32), w, szh, szw, FLAT_Z
+    )
     grad_pix = _plane_offset(p, Wo, sgh, sgw, FLAT_GRAD)
-    dots = tl.zeros([BLOCK_P, 4], dtype=tl.float32)
+    dot0 = tl.zeros([BLOCK_P], dtype=tl.float32)
+    dot1 = tl.zeros([BLOCK_P], dtype=tl.float32)
+    dot2 = tl.zeros([BLOCK_P], dtype=tl.float32)
     for c0 in range(0, K, BLOCK_C):
         c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
         mask = pixel_mask[:, None] & (c < K)[None, :]
         grad = tl.load(
             grad_ptr + b * sgb + c[None, :] * sgc + grad_pix[:, None], mask=mask, other=0.0
         ).to(tl.float32)
-        for t in range(3):
-            offset = tl.sum(tl.where(vertex[None, :] == t, src_offset, 0), axis=1)
-            value = tl.load(
-                z_ptr + b * szb + c[None, :] * szc + offset[:, None], mask=mask, other=0.0
-            ).to(tl.float32)
-            dots += tl.where(vertex[None, :] == t, tl.sum(grad * value, axis=1)[:, None], 0.0)
-    tl.store(
-        grad_weights_ptr + b * sdb + p[:, None] * sdp + vertex[None, :] * sdt,
-        dots.to(grad_weights_ptr.dtype.element_ty),
-        mask=pixel_mask[:, None] & (vertex < 3)[None, :],
-    )
+        z_base = z_ptr + b * szb + c[None, :] * szc
+        for t in range(3):  # a runtime loop: unrolled, the three tiles' loads are hoisted
+            offset = tl.where(t == 0, offset0, tl.where(t == 1, offset1, offset2))
+            value = tl.load(z_base + offset[:, None], mask=mask, other=0.0).to(tl.float32)
+            dot = tl.sum(grad * value, axis=1)
+            dot0 += tl.where(t == 0, dot, 0.0)
+            dot1 += tl.where(t == 1, dot, 0.0)
+            dot2 += tl.where(t == 2, dot, 0.0)
+    out = grad_weights_ptr + b * sdb + p * sdp
+    dtype = grad_weights_ptr.dtype.element_ty
+    tl.store(out, dot0.to(dtype), mask=pixel_mask)
+    tl.store(out + sdt, dot1.to(dtype), mask=pixel_mask)
+    tl.store(out + 2 * sdt, dot2.to(dtype), mask=pixel_mask)
 
 
 @triton.autotune(configs=_SCATTER_CONFIGS, key=_KEY)

@@ -1,0 +1,116 @@
+"""Compile every config of the rasterize / gather / lprm kernels for sm_90, without a GPU.
+
+The companion of ``compile_for_gpu.py`` (same helpers, same JSON lines: registers and spill bytes
+from the wheel's ``ptxas -v``). Run without ``TRITON_INTERPRET``. Specialisations mirror what the
+JIT does for real calls: a stride of 1 becomes a constant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import triton
+from compile_for_gpu import ARCH, ptxas_report, signature
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from sfm_triton.ops import lprm, nonuniform
+
+
+def cases() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
+    """(label, kernel, pointer dtypes, specialised constants); autotuned kernels run every config."""
+    names = ("v_ptr", "logits_ptr", "out_ptr", "grad_ptr", "grad_logits_ptr", "grad_v_ptr")
+    bf16 = dict.fromkeys(names, "*bf16")
+    bf16_z = {"z_ptr": "*bf16", "out_ptr": "*bf16", "grad_ptr": "*bf16", "grad_z_ptr": "*bf16"}
+    ints = {"index_ptr": "*i64", "order_ptr": "*i64", "offsets_ptr": "*i64"}
+    lprm_cl = {"svc": 1, "soc": 1, "sgc": 1, "sdc": 1, "slw": 1}
+    lprm_nchw = {"svw": 1, "sow": 1, "sgw": 1, "sdw": 1, "slw": 1}
+    gather_cl = {"szc": 1, "soc": 1, "sgc": 1, "sdc": 1, "sit": 1, "swt": 1, "sdt": 1}
+    gather_nchw = {"szw": 1, "sow": 1, "sgw": 1, "sdw": 1, "sit": 1, "swt": 1, "sdt": 1}
+    flat = {"FLAT_Z": True, "FLAT_OUT": True, "FLAT_GRAD": True, "FLAT_DZ": True}
+    rasterize = {"spw": 1, "NO_OWNER": 2**31 - 1}
+    return [
+        ("lprm forward bf16 channels-last", lprm._lprm_forward_kernel, bf16, lprm_cl),
+        ("lprm forward fp32 NCHW", lprm._lprm_forward_kernel, {}, lprm_nchw),
+        *[
+            (f"lprm grad_logits {name}", lprm._lprm_grad_logits_kernel, pointers,
+             {**layout, "NEED_LOGITS": True})
+            for name, pointers, layout in [("bf16 channels-last", bf16, lprm_cl),
+                                           ("fp32 NCHW", {}, lprm_nchw)]
+        ],
+        *[
+            (f"lprm grad_v {name}", lprm._lprm_grad_v_kernel, pointers,
+             {**layout, "SPAN": lprm._SPAN})
+            for name, pointers, layout in [("bf16 channels-last", bf16, lprm_cl),
+                                           ("fp32 NCHW", {}, lprm_nchw)]
+        ],
+        *[
+            (f"gather {part} {name}", kernel, {**pointers, **ints}, {**layout, **flat})
+            for part, kernel in [
+                ("forward", nonuniform._gather_forward_kernel),
+                ("grad_weights", nonuniform._gather_grad_weights_kernel),
+                ("grad_z", nonuniform._gather_grad_z_kernel),
+            ]
+            for name, pointers, layout in [("bf16 channels-last", bf16_z, gather_cl),
+                                           ("fp32 NCHW", {}, gather_nchw)]
+        ],
+        (
+            "rasterize owner",
+            nonuniform._owner_kernel,
+            {"owner_ptr": "*i32"},
+            {**rasterize, "BLOCK_T": nonuniform._OWNER_BLOCK_T,
+             "BLOCK_S": nonuniform._OWNER_BLOCK_S},
+        ),
+        (
+            "rasterize weights",
+            nonuniform._weights_kernel,
+            {"owner_ptr": "*i32", "index_ptr": "*i64", "missing_ptr": "*i64",
+             "missing_count_ptr": "*i32"},
+            {**rasterize, "BLOCK": nonuniform._PIXEL_BLOCK},
+        ),
+        (
+            "rasterize nearest",
+            nonuniform._nearest_kernel,
+            {"index_ptr": "*i64", "missing_ptr": "*i64", "missing_count_ptr": "*i32"},
+            {**rasterize, "BLOCK_U": nonuniform._NEAREST_BLOCK_U,
+             "BLOCK_L": nonuniform._NEAREST_BLOCK_L},
+        ),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("run without TRITON_INTERPRET: the kernels must be JIT functions")
+    target = GPUTarget("cuda", ARCH, 32)
+    for label, kernel, pointers, constants in cases():
+        autotuned = isinstance(kernel, triton.runtime.Autotuner)
+        configs = kernel.configs if autotuned else [triton.Config({}, num_warps=4)]
+        fn = kernel.fn if autotuned else kernel
+        for config in configs:
+            values = {
+                name: value
+                for name, value in {**constants, **config.kwargs}.items()
+                if name in fn.arg_names
+            }
+            source = ASTSource(fn=fn, signature=signature(fn, pointers, values), constexprs=values)
+            compiled = triton.compile(
+                source, target=target, options={"num_warps": config.num_warps}
+            )
+            registers, spills = ptxas_report(compiled.asm["ptx"])
+            print(
+                json.dumps(
+                    {
+                        "kernel": label,
+                        "config": {**config.kwargs, "num_warps": config.num_warps},
+                        "registers": registers,
+                        "spill_bytes": spills,
+                    }
+                ),
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
