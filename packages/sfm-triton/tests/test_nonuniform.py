@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sfm_core import functional as reference
 from sfm_core.functional import identity_positions
+from sfm_triton.ops.lprm import lprm_aggregate
 from sfm_triton.ops.nonuniform import gather, nonuniform_upsample, rasterize
 from sfm_triton.testing import jittered_positions, warped_positions
 
@@ -309,3 +310,51 @@ def test_gather_rejects_indices_out_of_range(device: torch.device) -> None:
             torch.full((1, 3, 3, 3), 4, device=device),
             torch.ones(1, 3, 3, 3, device=device),
         )
+
+
+class TinyMSAU(torch.nn.Module):
+    """Demodulation then one LPRM step: MSAU's two kernels in a row."""
+
+    def forward(
+        self, z: torch.Tensor, positions: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor:
+        upsampled = nonuniform_upsample(z, positions, (9, 8))
+        return lprm_aggregate(upsampled, logits, 2)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_matches_eager(
+    device: torch.device, assert_close: Callable[..., None]
+) -> None:
+    positions = warped_positions(1, 4, 5).to(device)
+    z = torch.randn(1, 3, 4, 5, device=device, requires_grad=True)
+    logits = torch.randn(1, 9, 9, 8, device=device, requires_grad=True)
+    model = TinyMSAU()
+    out = torch.compile(model, fullgraph=True)(z, positions, logits)
+    grads = torch.autograd.grad(out.square().sum(), (z, logits))
+    expected = model(z, positions, logits)
+    expected_grads = torch.autograd.grad(expected.square().sum(), (z, logits))
+    assert_close(out, expected)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        assert_close(grad, expected_grad)
+
+
+def test_fvcore_handles_count_the_ops(device: torch.device) -> None:
+    """fvcore (torch.jit.trace) sees ``sfm::<op>`` nodes; with the handles every one is counted."""
+    jit_analysis = pytest.importorskip("fvcore.nn")
+    from sfm_triton.flops import fvcore_handles, gather_macs, lprm_aggregate_macs
+
+    class TracedMSAU(torch.nn.Module):
+        def forward(self, z: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            index, weights = torch.ops.sfm.rasterize(positions, [9, 8])
+            upsampled = torch.ops.sfm.gather(z, index, weights)
+            return torch.ops.sfm.lprm_aggregate(
+                upsampled, upsampled[:, :1].expand(-1, 9, -1, -1), 1
+            )  # type: ignore[no-any-return]
+
+    inputs = (torch.randn(1, 3, 4, 5, device=device), warped_positions(1, 4, 5).to(device))
+    counted = jit_analysis.FlopCountAnalysis(TracedMSAU(), inputs).set_op_handle(**fvcore_handles())
+    by_operator = counted.by_operator()
+    assert by_operator["gather"] == gather_macs((1, 3, 4, 5), (1, 9, 8, 3))
+    assert by_operator["lprm_aggregate"] == lprm_aggregate_macs((1, 3, 9, 8))
+    assert not counted.unsupported_ops()

@@ -59,6 +59,7 @@ def fvcore_handles() -> dict[str, Callable[[list[Any], list[Any]], int]]:
         "sfm::saliency_grid": lambda inputs, outputs: saliency_grid_macs(
             _sizes(inputs[0]), _ints(inputs[1])
         ),
+        "sfm::rasterize": lambda inputs, outputs: 0,  # index bookkeeping, no multiply-adds
         "sfm::gather": lambda inputs, outputs: gather_macs(_sizes(inputs[0]), _sizes(inputs[1])),
         "sfm::lprm_aggregate": lambda inputs, outputs: lprm_aggregate_macs(_sizes(inputs[0])),
     }
