@@ -161,7 +161,7 @@ def save_converted(model: Mapping[str, torch.Tensor], path: str | os.PathLike[st
 def _as_numpy(value: torch.Tensor) -> np.ndarray[Any, Any]:
     if value.dtype == torch.bfloat16:  # numpy has no bfloat16
         value = value.float()
-    return value.cpu().numpy()  # type: ignore[no-any-return]
+    return value.cpu().numpy()
 
 
 class KeyReport(NamedTuple):
@@ -223,7 +223,10 @@ def key_report(model: nn.Module, checkpoint: Mapping[str, Any]) -> KeyReport:
     model_state = model.state_dict()
     new_prefixes = tuple(new_module_prefixes(model))
     used: set[str] = set()
-    loaded, new, missing, mismatched = [], [], [], []
+    loaded: list[str] = []
+    new: list[str] = []
+    missing: list[str] = []
+    mismatched: list[str] = []
     for key, tensor in model_state.items():
         candidates = [c for c in checkpoint if key == c or key.endswith("." + c)]
         if not candidates:

@@ -30,6 +30,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_backbone
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
+from torch.jit import TracerWarning  # type: ignore[attr-defined]
 
 Handle = Callable[[list[Any], list[Any]], int]
 
@@ -110,7 +111,7 @@ def flop_count(model: nn.Module, *inputs: torch.Tensor) -> FlopCountAnalysis:
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", TracerWarning)
         analysis.total()  # runs the trace now, inside the filter; results are cached
     return analysis
 

@@ -18,7 +18,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
-from timm.layers import LayerNorm2d
+from timm.layers import LayerNorm2d  # type: ignore[attr-defined]
 from timm.models.convnext import ConvNeXt
 from torch import nn
 
@@ -101,22 +101,22 @@ class SFMConvNeXt(Backbone):  # type: ignore[misc]
         x = self.stem(x)
         positions = first_positions(x)
         outputs: dict[str, torch.Tensor] = {}
-        for i, stage in enumerate(self.stages):
+        for i, stage in enumerate(self.stages.children()):
             level = LEVELS[i]
             if i > 0:
                 if level in self.ars:
                     x, positions, logits = resample_level(self.ars[level], x, positions)
                     outputs[ars_logits_key(level)] = logits
-                x = stage.downsample(x)
+                x = stage.get_submodule("downsample")(x)
                 positions = downsampled_positions(positions, x)
-            x = stage.blocks(x)
+            x = stage.get_submodule("blocks")(x)
             if level in self._out_features:
                 outputs[level] = getattr(self, f"norm{i}")(x)
                 outputs[positions_key(level)] = positions
         return outputs
 
 
-@BACKBONE_REGISTRY.register()  # type: ignore[misc]
+@BACKBONE_REGISTRY.register()  # type: ignore[untyped-decorator]
 def build_sfm_convnext_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> SFMConvNeXt:
     """ConvNeXt from ``MODEL.CONVNEXT`` with ARS from ``MODEL.SFM``."""
     validate_sfm_config(cfg)

@@ -131,7 +131,8 @@ class SFMSwinTransformer(Backbone):  # type: ignore[misc]
         x = self.pos_drop(x)
         positions = first_positions(x.permute(0, 3, 1, 2))
         outputs: dict[str, torch.Tensor] = {}
-        for i, stage in enumerate(self.layers):
+        stage: SwinStage
+        for i, stage in enumerate(self.layers):  # type: ignore[assignment]
             x = stage(x)
             level = LEVELS[i]
             if level in self._out_features:
@@ -152,7 +153,7 @@ class SFMSwinTransformer(Backbone):  # type: ignore[misc]
         return outputs
 
 
-@BACKBONE_REGISTRY.register()  # type: ignore[misc]
+@BACKBONE_REGISTRY.register()  # type: ignore[untyped-decorator]
 def build_sfm_swin_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> SFMSwinTransformer:
     """Swin from ``MODEL.SWIN`` (Mask2Former's keys) with ARS from ``MODEL.SFM``."""
     validate_sfm_config(cfg)

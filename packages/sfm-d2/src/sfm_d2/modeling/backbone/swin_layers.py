@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath  # type: ignore[attr-defined]
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -85,6 +85,7 @@ class WindowAttention(nn.Module):
             torch.zeros((2 * window - 1) ** 2, num_heads)
         )
         # Derived from the window size, so not saved (the converter drops it from old files).
+        self.relative_position_index: torch.Tensor
         self.register_buffer(
             "relative_position_index", relative_position_index(window), persistent=False
         )
