@@ -90,3 +90,18 @@ def test_unknown_backend_names_are_refused(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("SFM_BACKEND", "cuda")
     with pytest.raises(ValueError, match=r"SFM_BACKEND must be one of .*got 'cuda'"):
         ops.resample(x, grid)
+
+
+class DispatchedARS(torch.nn.Module):
+    """The public ops, forced to triton: what sfm_core.nn modules run on a GPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = ops.saliency_grid(x[:, :1], window=2, backend="triton")
+        return ops.resample(x, grid, backend="triton")
+
+
+def test_compile_fullgraph_through_the_dispatcher() -> None:
+    """Dispatch resolves while dynamo traces, so the public ops compile without graph breaks."""
+    x = torch.randn(1, 3, 5, 6, device=DEVICE)
+    compiled = torch.compile(DispatchedARS(), fullgraph=True, backend="aot_eager")
+    assert_close(compiled(x), DispatchedARS()(x))

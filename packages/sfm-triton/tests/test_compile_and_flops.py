@@ -93,19 +93,12 @@ def test_fvcore_handles_count_the_ops(device: torch.device) -> None:
     jit_analysis = pytest.importorskip("fvcore.nn")
     from sfm_triton.flops import fvcore_handles
 
-    class TracedARS(torch.nn.Module):
-        # The registered ops directly: sfm-core's batch check (`set` of sizes) breaks under
-        # torch.jit.trace, where sizes are traced values.
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            grid, _ = torch.ops.sfm.saliency_grid(x[:, :1], WINDOW, 3.0, 1e-3)
-            return torch.ops.sfm.resample(x, grid)  # type: ignore[no-any-return]
-
     x = ars_inputs(device).detach()
-    plain = jit_analysis.FlopCountAnalysis(TracedARS(), (x,))
+    plain = jit_analysis.FlopCountAnalysis(TinyARS(), (x,))
     plain.total()
     assert set(plain.unsupported_ops()) == {"sfm::saliency_grid", "sfm::resample"}
 
-    counted = jit_analysis.FlopCountAnalysis(TracedARS(), (x,)).set_op_handle(**fvcore_handles())
+    counted = jit_analysis.FlopCountAnalysis(TinyARS(), (x,)).set_op_handle(**fvcore_handles())
     by_operator = counted.by_operator()
     assert by_operator["saliency_grid"] == saliency_grid_macs((1, 1, 5, 6), WINDOW)
     assert by_operator["resample"] == resample_macs(x.shape, (1, 5, 6, 2))
