@@ -71,9 +71,16 @@ def cases() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
             {**rasterize, "BLOCK": nonuniform._PIXEL_BLOCK},
         ),
         (
+            "rasterize chunk bounds",
+            nonuniform._chunk_bounds_kernel,
+            {"bounds_ptr": "*fp64"},
+            {**rasterize, "BLOCK_L": nonuniform._NEAREST_BLOCK_L},
+        ),
+        (
             "rasterize nearest",
             nonuniform._nearest_kernel,
-            {"index_ptr": "*i64", "missing_ptr": "*i64", "missing_count_ptr": "*i32"},
+            {"bounds_ptr": "*fp64", "index_ptr": "*i64", "missing_ptr": "*i64",
+             "missing_count_ptr": "*i32"},
             {**rasterize, "BLOCK_U": nonuniform._NEAREST_BLOCK_U,
              "BLOCK_L": nonuniform._NEAREST_BLOCK_L},
         ),

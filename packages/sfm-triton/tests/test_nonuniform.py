@@ -23,8 +23,8 @@ from sfm_triton.testing import jittered_positions, warped_positions
 
 # (kind, batch, lattice, target): up- and downsampling, equal size, non-integer factors, a single
 # cell, degenerate rows/columns (no triangles: nearest only), uniform lattices whose pixel centres
-# fall exactly on lattice edges (3x), folded lattices (jitter past half a cell) and a random point
-# cloud whose triangles overlap everywhere (lowest id wins).
+# fall exactly on lattice edges (3x), folded lattices (jitter past half a cell: holes and overlaps)
+# and a random point cloud whose triangles overlap everywhere (lowest id wins).
 CASES = [
     ("warped", 2, (5, 6), (9, 13)),
     ("warped", 1, (7, 5), (29, 17)),
@@ -38,6 +38,9 @@ CASES = [
     ("jittered", 2, (6, 5), (13, 11)),
     ("folded", 1, (6, 6), (14, 14)),
     ("random", 1, (4, 4), (12, 12)),
+    # Over 1024 lattice points: the nearest-point search prunes with a strided sub-lattice bound.
+    ("warped", 1, (32, 33), (70, 72)),
+    ("folded", 1, (33, 32), (40, 40)),
 ]
 
 

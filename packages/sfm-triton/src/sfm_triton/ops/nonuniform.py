@@ -24,6 +24,7 @@ summed by one program in a fixed order: no atomics, deterministic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +48,7 @@ _WEIGHT_DTYPES = _POSITION_DTYPES
 _OWNER_BLOCK_T, _OWNER_BLOCK_S = 32, 16
 _PIXEL_BLOCK = 128
 _NEAREST_BLOCK_U, _NEAREST_BLOCK_L = 32, 32
+_NEAREST_SUBSET = 256  # lattice points that bound each uncovered pixel's nearest distance
 
 # At most 16 tile elements per thread (larger tiles spill); every config compiles for sm_90
 # without spills (tests/compile_nonuniform_lprm_for_gpu.py).
@@ -221,13 +223,41 @@ def _weights_kernel(
 
 
 @triton.jit
+def _chunk_bounds_kernel(
+    pos_ptr, bounds_ptr,
+    h, w, Ho, Wo, chunks,
+    spb, spc, sph, spw,
+    BLOCK_L: tl.constexpr,
+):  # fmt: skip
+    """Bounding box (x_min, x_max, y_min, y_max) of each chunk of ``BLOCK_L`` lattice ids."""
+    b = tl.program_id(1)
+    chunk = tl.program_id(0)
+    lattice = chunk * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask = lattice < h * w
+    offset = (lattice // w).to(tl.int64) * sph + (lattice % w).to(tl.int64) * spw
+    px, py = _lattice_point(pos_ptr, b.to(tl.int64) * spb + offset, spc, Wo, Ho, mask)
+    out = bounds_ptr + (b.to(tl.int64) * chunks + chunk) * 4
+    tl.store(out, tl.min(tl.where(mask, px, float("inf")), axis=0))
+    tl.store(out + 1, tl.max(tl.where(mask, px, float("-inf")), axis=0))
+    tl.store(out + 2, tl.min(tl.where(mask, py, float("inf")), axis=0))
+    tl.store(out + 3, tl.max(tl.where(mask, py, float("-inf")), axis=0))
+
+
+@triton.jit
 def _nearest_kernel(
-    pos_ptr, index_ptr, weights_ptr, missing_ptr, missing_count_ptr,
-    h, w, Ho, Wo,
+    pos_ptr, bounds_ptr, index_ptr, weights_ptr, missing_ptr, missing_count_ptr,
+    h, w, Ho, Wo, chunks, step, subset_rows, subset_cols,
     spb, spc, sph, spw,
     BLOCK_U: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
-    """Listed pixels take their nearest lattice point, weights (1, 0, 0)."""
+    """Listed pixels take their nearest lattice point (lowest id on ties), weights (1, 0, 0).
+
+    Exact, without visiting the whole lattice: the sub-lattice of every ``step``-th row and column
+    (first and last included) bounds each pixel's nearest squared distance; then only the chunks
+    of ``BLOCK_L`` consecutive lattice ids whose bounding box lies within that bound are scanned,
+    in id order. A skipped chunk's points are all strictly farther than the bound, and the bound
+    is the distance of an actual point, so no skipped point can win or tie.
+    """
     start = tl.program_id(0) * BLOCK_U
     count = tl.load(missing_count_ptr)
     if start < count:
@@ -239,22 +269,49 @@ def _nearest_kernel(
         qx = (p % Wo).to(tl.float64) + 0.5
         qy = (p // Wo).to(tl.float64) + 0.5
         pos_base = b * spb
-        best = tl.full([BLOCK_U], float("inf"), tl.float64)
-        best_id = tl.zeros([BLOCK_U], tl.int32)
-        for l0 in range(0, h * w, BLOCK_L):
-            lattice = l0 + tl.arange(0, BLOCK_L)
-            l_mask = lattice < h * w
-            offset = (lattice // w).to(tl.int64) * sph + (lattice % w).to(tl.int64) * spw
-            mask = u_mask[:, None] & l_mask[None, :]
+        bound = tl.full([BLOCK_U], float("inf"), tl.float64)
+        for f0 in range(0, subset_rows * subset_cols, BLOCK_L):
+            f = f0 + tl.arange(0, BLOCK_L)
+            f_mask = f < subset_rows * subset_cols
+            i = tl.minimum((f // subset_cols) * step, h - 1)
+            j = tl.minimum((f % subset_cols) * step, w - 1)
+            offset = i.to(tl.int64) * sph + j.to(tl.int64) * spw
+            mask = u_mask[:, None] & f_mask[None, :]
             px, py = _lattice_point(pos_ptr, pos_base[:, None] + offset[None, :], spc, Wo, Ho, mask)
             dx = px - qx[:, None]
             dy = py - qy[:, None]
-            distance = tl.where(l_mask[None, :], dx * dx + dy * dy, float("inf"))
-            chunk_best = tl.min(distance, axis=1)
-            chunk_id = tl.argmin(distance, axis=1) + l0
-            better = chunk_best < best
-            best = tl.where(better, chunk_best, best)
-            best_id = tl.where(better, chunk_id, best_id)
+            distance = tl.where(f_mask[None, :], dx * dx + dy * dy, float("inf"))
+            bound = tl.minimum(bound, tl.min(distance, axis=1))
+        best = tl.full([BLOCK_U], float("inf"), tl.float64)
+        best_id = tl.zeros([BLOCK_U], tl.int32)
+        bounds_base = bounds_ptr + b * chunks * 4
+        for chunk in range(chunks):
+            box = bounds_base + chunk * 4
+            gap_x = tl.maximum(
+                tl.maximum(tl.load(box, mask=u_mask, other=0.0) - qx, 0.0),
+                qx - tl.load(box + 1, mask=u_mask, other=0.0),
+            )
+            gap_y = tl.maximum(
+                tl.maximum(tl.load(box + 2, mask=u_mask, other=0.0) - qy, 0.0),
+                qy - tl.load(box + 3, mask=u_mask, other=0.0),
+            )
+            near = u_mask & (gap_x * gap_x + gap_y * gap_y <= bound)
+            if tl.max(near.to(tl.int32), axis=0) > 0:
+                lattice = chunk * BLOCK_L + tl.arange(0, BLOCK_L)
+                l_mask = lattice < h * w
+                offset = (lattice // w).to(tl.int64) * sph + (lattice % w).to(tl.int64) * spw
+                mask = u_mask[:, None] & l_mask[None, :]
+                px, py = _lattice_point(
+                    pos_ptr, pos_base[:, None] + offset[None, :], spc, Wo, Ho, mask
+                )
+                dx = px - qx[:, None]
+                dy = py - qy[:, None]
+                distance = tl.where(l_mask[None, :], dx * dx + dy * dy, float("inf"))
+                chunk_best = tl.min(distance, axis=1)
+                chunk_id = tl.argmin(distance, axis=1) + chunk * BLOCK_L
+                better = chunk_best < best  # strict: an earlier chunk keeps a tie
+                best = tl.where(better, chunk_best, best)
+                best_id = tl.where(better, chunk_id, best_id)
         out = flat * 3
         dtype = weights_ptr.dtype.element_ty
         for t in tl.static_range(3):
@@ -293,9 +350,19 @@ def _rasterize_impl(
         *strides,
         NO_OWNER=_NO_OWNER, BLOCK=_PIXEL_BLOCK,
     )  # fmt: skip
+    chunks = cdiv(height * width, _NEAREST_BLOCK_L)
+    bounds = torch.empty(batch, chunks, 4, dtype=torch.float64, device=device)
+    _chunk_bounds_kernel[(chunks, batch)](
+        positions, bounds,
+        height, width, out_h, out_w, chunks,
+        *strides,
+        BLOCK_L=_NEAREST_BLOCK_L,
+    )  # fmt: skip
+    step = max(1, math.isqrt(height * width // _NEAREST_SUBSET))
     _nearest_kernel[(cdiv(pixels, _NEAREST_BLOCK_U),)](
-        positions, index, weights, missing, missing_count,
-        height, width, out_h, out_w,
+        positions, bounds, index, weights, missing, missing_count,
+        height, width, out_h, out_w, chunks, step, cdiv(height - 1, step) + 1,
+        cdiv(width - 1, step) + 1,
         *strides,
         BLOCK_U=_NEAREST_BLOCK_U, BLOCK_L=_NEAREST_BLOCK_L,
     )  # fmt: skip
