@@ -168,6 +168,13 @@ def test_tuple_and_mapping_batches_and_channels_last() -> None:
     assert nhwc.layers[0].mean < 1e-9
 
 
+def test_a_bad_feature_map_names_its_layer() -> None:
+    model = nn.Sequential(nn.Identity(), nn.AvgPool2d(2))
+    with pytest.raises(ValueError, match=r"input of layer '1': x must be finite"):
+        aliasing_report(model, [torch.full((1, 2, 4, 4), math.nan)])
+    assert not model[1]._forward_pre_hooks
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

@@ -188,9 +188,12 @@ def aliasing_report(
             features = args[0]
             if layout == "nhwc":
                 features = features.movedim(-1, -3)
-            ratios = aliasing_ratio(
-                features, strides[name], spectrum=spectrum, band=band, reduction=reduction
-            )
+            try:
+                ratios = aliasing_ratio(
+                    features, strides[name], spectrum=spectrum, band=band, reduction=reduction
+                )
+            except (TypeError, ValueError) as error:  # say which layer got the bad map
+                raise type(error)(f"input of layer {name!r}: {error}") from error
             sums[name].add(ratios)
 
         return hook
