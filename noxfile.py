@@ -93,7 +93,9 @@ def gpu(session: nox.Session) -> None:
     python -m pytest -m gpu packages/sfm-triton/tests
     python packages/sfm-triton/benchmarks/bench_kernels.py
     """
-    session.run("python", "-m", "pytest", "-m", "gpu", "packages/sfm-triton/tests", *session.posargs)
+    session.run(
+        "python", "-m", "pytest", "-m", "gpu", "packages/sfm-triton/tests", *session.posargs
+    )
     session.run("python", "packages/sfm-triton/benchmarks/bench_kernels.py")
 
 
