@@ -225,7 +225,7 @@ def _lprm_grad_v_kernel(
         right_edge = (n % 3 == 2) & (block == column_blocks - 1)
         for py in range(y_lo, y_hi + 1):
             row = tl.cast(py, tl.int64)
-            weights_row = weights_base + n * HW + row * W
+            weights_row = weights_base + tl.cast(n, tl.int64) * HW + row * W
             weight = tl.load(weights_row + px, mask=px_mask, other=0.0)
             grad = tl.load(
                 grad_base + (row * sgh + px.to(tl.int64) * sgw)[:, None],
