@@ -1,6 +1,7 @@
 """Non-uniform upsampling (SPEC 3.1) as Triton kernels: ``rasterize``, ``gather`` and their composition.
 
-``rasterize`` (not differentiable), three launches, containment decided in float64 like the
+``rasterize`` (not differentiable), four launches with fixed shapes (the compaction counter would
+not survive the autotuner's repeated timing runs), containment decided in float64 like the
 reference:
 
 1. *owner*: one program per block of lattice triangles scans each triangle's bounding box (in
@@ -9,11 +10,14 @@ reference:
 2. *weights*: one program per block of target pixels recomputes the barycentric weights of its
    owner triangle, and appends the pixels no triangle covers to a compact list (one atomic per
    program reserves the slots, a prefix sum places the pixels).
-3. *nearest*: the listed pixels take their nearest lattice point by brute force over the
-   lattice in chunks (ties go to the lowest lattice id, as ``argmin``). The work is
-   (uncovered pixels) x (lattice points): the band outside the lattice hull, about half an
-   upsampling factor wide, plus holes a folded lattice leaves; the grid is sized for the worst
-   case (every pixel uncovered) and idle programs return at once, so nothing syncs with the host.
+3. *chunk bounds*: the bounding box of every run of 32 consecutive lattice ids.
+4. *nearest*: the listed pixels (the band outside the lattice hull, about half an upsampling
+   factor wide, plus holes a folded lattice leaves) take their nearest lattice point, ties to the
+   lowest id as ``argmin``: a strided sub-lattice of about 256 points bounds each pixel's
+   distance, then only the chunks whose box lies within the bound are scanned. Exact; the cost
+   per block of pixels is the sub-lattice, one box test per chunk, and the nearby chunks. The
+   grid is sized for the worst case (every pixel uncovered) and idle programs return at once,
+   so nothing syncs with the host (CUDA-graph capturable).
 
 ``gather`` forward: one program per block of target pixels x channels sums its 3 weighted source
 values in fp32. Backward: ``grad_weights`` is a per-pixel channel reduction (single writer);
