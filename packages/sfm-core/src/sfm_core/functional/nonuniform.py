@@ -106,11 +106,24 @@ def _fill_triangles(
     )
     counts = torch.where(det.abs() > 1e-12, box_w * box_h, torch.zeros_like(box_w)).flatten()
     flat_tris = tris.flatten(0, 1)
-    tx, ty, det = tx.flatten(0, 1), ty.flatten(0, 1), det.flatten()
-    x_lo, y_lo, box_w = x_lo.flatten(), y_lo.flatten(), box_w.flatten()
-
+    tx, ty = tx.flatten(0, 1), ty.flatten(0, 1)
+    # Per triangle, the terms of its barycentric formula, gathered once per candidate as a row
+    # (index_select is several times faster than advanced indexing on CPU).
+    terms = torch.stack(
+        [
+            tx[:, 2],
+            ty[:, 2],
+            ty[:, 1] - ty[:, 2],
+            tx[:, 2] - tx[:, 1],
+            ty[:, 2] - ty[:, 0],
+            tx[:, 0] - tx[:, 2],
+            det.flatten(),
+        ],
+        -1,
+    )
     ends = torch.cumsum(counts, 0)
     starts = ends - counts
+    boxes = torch.stack([x_lo.flatten(), y_lo.flatten(), box_w.flatten(), starts], -1)
     tri_start, tri_total = 0, counts.numel()
     while tri_start < tri_total:
         # Whole triangles per chunk, in increasing id, so "first writer wins" = "lowest id wins".
@@ -118,26 +131,31 @@ def _fill_triangles(
         tri_end = max(int(torch.searchsorted(ends, budget, right=True)), tri_start + 1)
         chunk = torch.arange(tri_start, tri_end, device=px.device)
         tri = torch.repeat_interleave(chunk, counts[tri_start:tri_end])
-        offset = torch.arange(tri.numel(), device=px.device) - (starts[tri] - starts[tri_start])
+        box = boxes.index_select(0, tri)
+        offset = torch.arange(tri.numel(), device=px.device) - (box[:, 3] - starts[tri_start])
         tri_start = tri_end
-        col = x_lo[tri] + offset % box_w[tri]
-        row = y_lo[tri] + torch.div(offset, box_w[tri], rounding_mode="floor")
-        qx, qy = col.to(torch.float64) + 0.5, row.to(torch.float64) + 0.5
-        vx, vy, d = tx[tri], ty[tri], det[tri]
-        l0 = ((vy[:, 1] - vy[:, 2]) * (qx - vx[:, 2]) + (vx[:, 2] - vx[:, 1]) * (qy - vy[:, 2])) / d
-        l1 = ((vy[:, 2] - vy[:, 0]) * (qx - vx[:, 2]) + (vx[:, 0] - vx[:, 2]) * (qy - vy[:, 2])) / d
+        line = torch.div(offset, box[:, 2], rounding_mode="floor")
+        col = box[:, 0] + offset - line * box[:, 2]
+        row = box[:, 1] + line
+        term = terms.index_select(0, tri)
+        dx = col.to(torch.float64) + 0.5 - term[:, 0]
+        dy = row.to(torch.float64) + 0.5 - term[:, 1]
+        l0 = (term[:, 2] * dx + term[:, 3] * dy) / term[:, 6]
+        l1 = (term[:, 4] * dx + term[:, 5] * dy) / term[:, 6]
         bary = torch.stack([l0, l1, 1.0 - l0 - l1], -1)
         image = torch.div(tri, per_image, rounding_mode="floor")
         pixel = (image * out_h + row) * out_w + col
-        keep = (bary >= -_INSIDE_TOL).all(-1) & ~covered[pixel]
-        tri, pixel, bary = tri[keep], pixel[keep], bary[keep].clamp_min(0.0)
+        keep = (bary >= -_INSIDE_TOL).all(-1) & ~covered.index_select(0, pixel)
+        kept = keep.nonzero().squeeze(1)
+        tri, pixel = tri.index_select(0, kept), pixel.index_select(0, kept)
+        bary = bary.index_select(0, kept).clamp_min(0.0)
         winner = torch.full_like(covered, torch.iinfo(torch.int64).max, dtype=torch.int64)
         winner.scatter_reduce_(0, pixel, tri, reduce="amin")
-        won = winner[pixel] == tri
-        pixel, bary = pixel[won], bary[won]
-        index[pixel] = flat_tris[tri[won]]
-        weights[pixel] = bary / bary.sum(-1, keepdim=True)
-        covered[pixel] = True
+        won = (winner.index_select(0, pixel) == tri).nonzero().squeeze(1)
+        pixel, bary = pixel.index_select(0, won), bary.index_select(0, won)
+        index.index_copy_(0, pixel, flat_tris.index_select(0, tri.index_select(0, won)))
+        weights.index_copy_(0, pixel, bary / bary.sum(-1, keepdim=True))
+        covered.index_fill_(0, pixel, True)
 
 
 def _fill_nearest(
