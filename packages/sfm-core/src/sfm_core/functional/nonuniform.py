@@ -110,23 +110,24 @@ def _fill_triangles(
     counts = torch.where(det.abs() > 1e-12, box_w * box_h, torch.zeros_like(box_w)).flatten()
     flat_tris = tris.flatten(0, 1)
     tx, ty = tx.flatten(0, 1), ty.flatten(0, 1)
-    # Per triangle, the terms of its barycentric formula, gathered once per candidate as a row
-    # (index_select is several times faster than advanced indexing on CPU).
-    terms = torch.stack(
-        [
-            tx[:, 2],
-            ty[:, 2],
-            ty[:, 1] - ty[:, 2],
-            tx[:, 2] - tx[:, 1],
-            ty[:, 2] - ty[:, 0],
-            tx[:, 0] - tx[:, 2],
-            det.flatten(),
-        ],
-        -1,
+    # Per triangle, the terms of its barycentric formula, each gathered per candidate as its own
+    # 1-D column (index_select of 1-D columns is several times faster than of rows on CPU).
+    terms = (
+        tx[:, 2],
+        ty[:, 2],
+        ty[:, 1] - ty[:, 2],
+        tx[:, 2] - tx[:, 1],
+        ty[:, 2] - ty[:, 0],
+        tx[:, 0] - tx[:, 2],
+        det.flatten(),
     )
     ends = torch.cumsum(counts, 0)
     starts = ends - counts
-    boxes = torch.stack([x_lo.flatten(), y_lo.flatten(), box_w.flatten(), starts], -1)
+    image_start = torch.arange(px.shape[0], device=px.device).repeat_interleave(per_image)
+    first_pixel = image_start * (out_h * out_w) + y_lo.flatten() * out_w + x_lo.flatten()
+    boxes = (x_lo.flatten(), y_lo.flatten(), box_w.flatten(), starts, first_pixel)
+    never = torch.iinfo(torch.int64).max
+    winner = torch.full_like(covered, never, dtype=torch.int64)
     tri_start, tri_total = 0, counts.numel()
     while tri_start < tri_total:
         # Whole triangles per chunk, in increasing id, so "first writer wins" = "lowest id wins".
@@ -134,30 +135,29 @@ def _fill_triangles(
         tri_end = max(int(torch.searchsorted(ends, budget, right=True)), tri_start + 1)
         chunk = torch.arange(tri_start, tri_end, device=px.device)
         tri = torch.repeat_interleave(chunk, counts[tri_start:tri_end])
-        box = boxes.index_select(0, tri)
-        offset = torch.arange(tri.numel(), device=px.device) - (box[:, 3] - starts[tri_start])
+        left, top, box_width, start, first = (column.index_select(0, tri) for column in boxes)
+        offset = torch.arange(tri.numel(), device=px.device) - (start - starts[tri_start])
         tri_start = tri_end
-        line = torch.div(offset, box[:, 2], rounding_mode="floor")
-        col = box[:, 0] + offset - line * box[:, 2]
-        row = box[:, 1] + line
-        term = terms.index_select(0, tri)
-        dx = col.to(torch.float64) + 0.5 - term[:, 0]
-        dy = row.to(torch.float64) + 0.5 - term[:, 1]
-        l0 = (term[:, 2] * dx + term[:, 3] * dy) / term[:, 6]
-        l1 = (term[:, 4] * dx + term[:, 5] * dy) / term[:, 6]
-        bary = torch.stack([l0, l1, 1.0 - l0 - l1], -1)
-        image = torch.div(tri, per_image, rounding_mode="floor")
-        pixel = (image * out_h + row) * out_w + col
-        keep = (bary >= -_INSIDE_TOL).all(-1) & ~covered.index_select(0, pixel)
-        kept = keep.nonzero().squeeze(1)
-        tri, pixel = tri.index_select(0, kept), pixel.index_select(0, kept)
-        bary = bary.index_select(0, kept).clamp_min(0.0)
-        winner = torch.full_like(covered, torch.iinfo(torch.int64).max, dtype=torch.int64)
-        winner.scatter_reduce_(0, pixel, tri, reduce="amin")
-        won = (winner.index_select(0, pixel) == tri).nonzero().squeeze(1)
-        pixel, bary = pixel.index_select(0, won), bary.index_select(0, won)
+        line = torch.div(offset, box_width, rounding_mode="floor")
+        col = left + offset - line * box_width
+        pixel = first + offset + line * (out_w - box_width)
+        x2, y2, a0, b0, a1, b1, d = (term.index_select(0, tri) for term in terms)
+        dx = col.to(torch.float64) + 0.5 - x2
+        dy = (top + line).to(torch.float64) + 0.5 - y2
+        l0 = (a0 * dx + b0 * dy) / d
+        l1 = (a1 * dx + b1 * dy) / d
+        l2 = 1.0 - l0 - l1
+        keep = (l0 >= -_INSIDE_TOL) & (l1 >= -_INSIDE_TOL) & (l2 >= -_INSIDE_TOL)
+        kept = (keep & ~covered.index_select(0, pixel)).nonzero().squeeze(1)
+        kept_tri, kept_pixel = tri.index_select(0, kept), pixel.index_select(0, kept)
+        winner.scatter_reduce_(0, kept_pixel, kept_tri, reduce="amin")
+        is_winner = winner.index_select(0, kept_pixel) == kept_tri
+        winner.index_fill_(0, kept_pixel, never)  # reset only what this chunk touched
+        won = kept.index_select(0, is_winner.nonzero().squeeze(1))
+        pixel = pixel.index_select(0, won)
+        bary = torch.stack([part.index_select(0, won).clamp_min(0.0) for part in (l0, l1, l2)], -1)
         index.index_copy_(0, pixel, flat_tris.index_select(0, tri.index_select(0, won)))
-        weights.index_copy_(0, pixel, bary / bary.sum(-1, keepdim=True))
+        weights.index_copy_(0, pixel, bary / (bary[:, 0] + bary[:, 1] + bary[:, 2]).unsqueeze(-1))
         covered.index_fill_(0, pixel, True)
 
 
@@ -171,20 +171,24 @@ def _fill_nearest(
 ) -> None:
     """Give every still uncovered pixel the value of its nearest lattice point (lowest id on ties).
 
-    Exact without comparing every pixel with every point: a coarse subset of the lattice gives
-    each pixel an upper bound ``r`` on its nearest distance, and only the points whose x lies
-    within ``r`` of the pixel's (a sorted search) are compared.
+    Exact without comparing every pixel with every point: a few likely points give each pixel an
+    upper bound ``r`` on its nearest distance, and only the points whose x lies within ``r`` of
+    the pixel's (a sorted search) are compared.
     """
     out_h, out_w = target
     pixels = out_h * out_w
-    subset = _coarse_subset(px.shape[1], px.shape[2], px.device)
     for image, (image_x, image_y) in enumerate(zip(px.flatten(1), py.flatten(1), strict=True)):
         missing = (~covered[image * pixels : (image + 1) * pixels]).nonzero().squeeze(1)
         if missing.numel() == 0:
             continue
         qx = (missing % out_w).to(torch.float64) + 0.5
         qy = torch.div(missing, out_w, rounding_mode="floor").to(torch.float64) + 0.5
-        bound = _nearest_squared_distance(image_x[subset], image_y[subset], qx, qy)
+        likely = _likely_points(qx / out_w, qy / out_h, px.shape[1], px.shape[2])
+        likely_x = image_x.index_select(0, likely.flatten()).view(likely.shape)
+        likely_y = image_y.index_select(0, likely.flatten()).view(likely.shape)
+        bound = (
+            (likely_x - qx.unsqueeze(-1)).square() + (likely_y - qy.unsqueeze(-1)).square()
+        ).amin(-1)
         # Slack so that rounding never leaves out the nearest point or a point tied with it.
         reach = bound.sqrt() * (1 + 1e-9) + 1e-9
         nearest = _nearest_within_reach(image_x, image_y, qx, qy, reach)
@@ -193,30 +197,23 @@ def _fill_nearest(
         weights[flat] = torch.tensor([1.0, 0.0, 0.0], dtype=weights.dtype, device=weights.device)
 
 
-def _coarse_subset(height: int, width: int, device: torch.device) -> torch.Tensor:
-    """Flat ids of the lattice border plus every ``k``-th row and column (about 1k points)."""
-    step = max(1, math.isqrt(height * width // 256))
-    rows = torch.zeros(height, dtype=torch.bool, device=device)
-    cols = torch.zeros(width, dtype=torch.bool, device=device)
-    rows[::step], cols[::step] = True, True
-    rows[-1], cols[-1] = True, True
-    keep = rows[:, None] & cols[None, :]
-    keep[[0, -1], :] = True
-    keep[:, [0, -1]] = True
-    return keep.flatten().nonzero().squeeze(1)
+def _likely_points(u: torch.Tensor, v: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Flat ids ``[M, 9 + S]`` of points likely near each normalized position ``(u, v)``.
 
-
-def _nearest_squared_distance(
-    x: torch.Tensor, y: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
-) -> torch.Tensor:
-    """Squared distance from each query to its nearest point, brute force in bounded chunks."""
-    result = torch.empty_like(qx)
-    for chunk in torch.arange(qx.numel(), device=qx.device).split(
-        max(1, _CANDIDATE_CHUNK // x.numel())
-    ):
-        distance = (x - qx[chunk, None]).square() + (y - qy[chunk, None]).square()
-        result[chunk] = distance.amin(-1)
-    return result
+    The 3x3 neighbourhood of the point an unwarped lattice puts there (tight for ARS warps,
+    which move points a few pixels), plus an up to 8 x 8 subset spread over the whole lattice
+    (a bound for any positions). Only the bound's tightness depends on them, not the result.
+    """
+    device = u.device
+    row = (v * height).floor().long().clamp(0, height - 1).unsqueeze(-1)
+    col = (u * width).floor().long().clamp(0, width - 1).unsqueeze(-1)
+    step = torch.tensor([-1, 0, 1], device=device)
+    rows = (row + step.repeat_interleave(3)).clamp(0, height - 1)
+    cols = (col + step.repeat(3)).clamp(0, width - 1)
+    spread_rows = torch.linspace(0, height - 1, min(height, 8), device=device).round().long()
+    spread_cols = torch.linspace(0, width - 1, min(width, 8), device=device).round().long()
+    spread = (spread_rows.unsqueeze(-1) * width + spread_cols).flatten()
+    return torch.cat([rows * width + cols, spread.expand(u.numel(), -1)], -1)
 
 
 def _nearest_within_reach(
@@ -236,16 +233,20 @@ def _nearest_within_reach(
         chunk = torch.arange(query_start, query_end, device=qx.device)
         query = torch.repeat_interleave(chunk, counts[query_start:query_end])
         offset = torch.arange(query.numel(), device=qx.device) - (
-            starts[query] - starts[query_start]
+            starts.index_select(0, query) - starts[query_start]
         )
-        point = order[lo[query] + offset]
+        point = order.index_select(0, lo.index_select(0, query) + offset)
         slot = query - query_start
-        distance = (x[point] - qx[query]).square() + (y[point] - qy[query]).square()
+        distance = (x.index_select(0, point) - qx.index_select(0, query)).square() + (
+            y.index_select(0, point) - qy.index_select(0, query)
+        ).square()
         best = torch.full((chunk.numel(),), math.inf, dtype=distance.dtype, device=qx.device)
         best.scatter_reduce_(0, slot, distance, reduce="amin")
-        tied = distance == best[slot]
+        tied = (distance == best.index_select(0, slot)).nonzero().squeeze(1)
         first = torch.full_like(chunk, torch.iinfo(torch.int64).max)
-        first.scatter_reduce_(0, slot[tied], point[tied], reduce="amin")
+        first.scatter_reduce_(
+            0, slot.index_select(0, tied), point.index_select(0, tied), reduce="amin"
+        )
         nearest[chunk] = first
         query_start = query_end
     return nearest
