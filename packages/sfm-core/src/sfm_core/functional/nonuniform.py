@@ -24,8 +24,8 @@ from sfm_core.functional.positions import check_positions
 
 VERTICES = 3
 # Candidate (triangle, pixel) pairs handled at once: bounds rasterize's memory for any mesh.
-# Chunks that stay in cache are faster: on CPU, 2**16-2**17 took 0.22 s where 2**22 took 0.5 s
-# (128x128 -> 512x512, batch 4, one thread; benchmarks/bench_nonuniform_upsample.py inputs).
+# Chunks that stay in cache are faster: rasterize took 0.11-0.13 s with 2**16-2**17, 0.35 s with
+# 2**22 (CPU, one thread, 128x128 -> 512x512, batch 4, the inputs of benchmarks/bench_*).
 _CANDIDATE_CHUNK = 1 << 17
 # Target pixels per gather block (measured flat between 2**10 and 2**14).
 _GATHER_BLOCK = 2048
