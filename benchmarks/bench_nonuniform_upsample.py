@@ -221,7 +221,25 @@ def environment() -> dict[str, object]:
         "scipy": scipy.__version__,
         "numpy": np.__version__,
         "sfm_core": sfm_core.__version__,
+        "commit": _commit(),
     }
+
+
+def _commit() -> str | None:
+    """The repository's commit (``+dirty`` when the sfm-core sources differ from it), if known."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--", "packages/sfm-core/src", "benchmarks/*.py")
+    except OSError:
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+dirty" if changed.stdout.strip() else "")
 
 
 def mib(count: float) -> str:
