@@ -15,6 +15,8 @@ the two agree. On a shared machine the CPU-time ratio is the steadier of the two
   as ours are. Values go in as float64 (scipy computes in float64).
 * torch: ``sfm_core.functional.nonuniform_upsample`` under ``torch.no_grad()``, float32, with
   torch's default thread count.
+* Each timed call starts after a 0.25 s pause, so threads that the other library leaves spinning
+  do not slow it down (right after a scipy call, torch ran at about half speed).
 * Peak memory: each implementation runs once in a fresh subprocess that builds the inputs,
   returns freed heap to the OS (``malloc_trim``), resets the kernel's peak-RSS counter
   (``/proc/self/clear_refs``), runs the call, and reports ``VmHWM`` minus the RSS before the call:
@@ -61,6 +63,9 @@ BATCH = 4
 # (lattice side, target side, K)
 CASES = [(64, 256, 19), (64, 256, 256), (128, 512, 19), (128, 512, 256)]
 AGREEMENT_TOLERANCE = 1e-4
+# Pause before each timed call: worker threads left spinning by the previous call (seen after
+# scipy's: torch ran at half speed for ~0.1 s) must not be billed to the next one.
+SETTLE_S = 0.25
 DEFAULT_OUT = Path(__file__).parent / "results" / "nonuniform_upsample_cpu.json"
 
 
@@ -175,6 +180,7 @@ def time_case(lattice: int, target: int, channels: int, repeats: int) -> CaseRes
     }
     for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
         for name, run in runs.items():
+            time.sleep(SETTLE_S)
             start, start_cpu = time.perf_counter(), time.process_time()
             run()
             wall[name].append(time.perf_counter() - start)
