@@ -1,7 +1,9 @@
-"""Every autotune config of the resample and saliency kernels compiles for sm_90 without spills.
+"""Every autotune config of every kernel compiles for sm_90 without spills.
 
-Runs ``compile_for_gpu.py`` in a fresh interpreter without ``TRITON_INTERPRET``, so the kernels
-are JIT functions even inside the interpreter session; no GPU is needed.
+Runs the compile scripts (``compile_for_gpu.py`` for resample/saliency,
+``compile_nonuniform_lprm_for_gpu.py`` for rasterize/gather/lprm) in a fresh interpreter without
+``TRITON_INTERPRET``, so the kernels are JIT functions even inside the interpreter session; no GPU
+is needed.
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).with_name("compile_for_gpu.py")
+HERE = Path(__file__).parent
 
 
 @pytest.mark.no_runtime
 @pytest.mark.slow
-def test_every_config_compiles_for_sm90_without_spills() -> None:
+@pytest.mark.parametrize(
+    ("script", "kernel_count"),
+    [("compile_for_gpu.py", 7), ("compile_nonuniform_lprm_for_gpu.py", 16)],
+)
+def test_every_config_compiles_for_sm90_without_spills(script: str, kernel_count: int) -> None:
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     result = subprocess.run(
-        [sys.executable, str(SCRIPT)],
+        [sys.executable, str(HERE / script)],
         env=env,
         capture_output=True,
         text=True,
@@ -32,6 +38,6 @@ def test_every_config_compiles_for_sm90_without_spills() -> None:
     assert result.returncode == 0, result.stderr
     reports = [json.loads(line) for line in result.stdout.splitlines()]
     kernels = {report["kernel"] for report in reports}
-    assert len(kernels) == 7, kernels
+    assert len(kernels) == kernel_count, kernels
     spilling = [report for report in reports if report["spill_bytes"] > 0]
     assert not spilling, spilling
