@@ -11,14 +11,8 @@ from detectron2.modeling import build_backbone
 from torch import nn
 
 from sfm_core import functional
-from sfm_d2.flops import (
-    Overhead,
-    backbone_overhead,
-    flop_count,
-    overhead_table,
-    resample_macs,
-    saliency_grid_macs,
-)
+from sfm_core.flops import resample_macs, saliency_grid_macs
+from sfm_d2.flops import Overhead, backbone_overhead, flop_count, overhead_table
 
 
 class GridSample(nn.Module):

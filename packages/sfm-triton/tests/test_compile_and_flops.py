@@ -9,7 +9,7 @@ import torch
 from torch.library import opcheck
 from torch.utils.flop_counter import FlopCounterMode
 
-from sfm_triton.flops import resample_backward_macs, resample_macs, saliency_grid_macs
+from sfm_core.flops import resample_backward_macs, resample_macs, saliency_grid_macs
 from sfm_triton.ops.resample import resample
 from sfm_triton.ops.saliency import saliency_grid
 
@@ -91,7 +91,7 @@ def test_flop_counter_mode_counts_forward_and_backward(device: torch.device) -> 
 def test_fvcore_handles_count_the_ops(device: torch.device) -> None:
     """fvcore (torch.jit.trace) sees ``sfm::<op>`` nodes: 0 and listed without handles, MACs with."""
     jit_analysis = pytest.importorskip("fvcore.nn")
-    from sfm_triton.flops import fvcore_handles
+    from sfm_core.flops import fvcore_handles
 
     x = ars_inputs(device).detach()
     plain = jit_analysis.FlopCountAnalysis(TinyARS(), (x,))

@@ -345,7 +345,7 @@ def test_compile_fullgraph_matches_eager(
 def test_fvcore_handles_count_the_ops(device: torch.device) -> None:
     """fvcore (torch.jit.trace) sees ``sfm::<op>`` nodes; with the handles every one is counted."""
     jit_analysis = pytest.importorskip("fvcore.nn")
-    from sfm_triton.flops import fvcore_handles, gather_macs, lprm_aggregate_macs
+    from sfm_core.flops import fvcore_handles, gather_macs, lprm_aggregate_macs
 
     class TracedMSAU(torch.nn.Module):
         def forward(self, z: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

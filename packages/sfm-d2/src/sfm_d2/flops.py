@@ -8,7 +8,7 @@ element-wise ops (softmax, exp, add, mul, GELU...) and lists them as "unsupporte
   output element and channel (fvcore's default assumes bilinear for every mode);
 * ``aten::avg_pool2d`` (ARS's 3×3 smoothing): ``kh·kw`` adds per output element;
 * the ``sfm::*`` custom ops a plug-in backend registers (sfm-triton; they appear in a trace only
-  on its devices), by the op definitions: ``resample`` 4 per output element and channel,
+  on its devices), with :func:`sfm_core.flops.fvcore_handles`, by the op definitions: ``resample`` 4 per output element and channel,
   ``saliency_grid`` 3·(2P+1)² per pixel (three window sums), ``gather`` 3 per output element and
   channel, ``lprm_aggregate`` 9 per output element; ``rasterize`` (index bookkeeping) 0.
 
@@ -31,6 +31,8 @@ from detectron2.modeling import build_backbone
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 from torch.jit import TracerWarning  # type: ignore[attr-defined]
+
+from sfm_core.flops import fvcore_handles
 
 Handle = Callable[[list[Any], list[Any]], int]
 
@@ -68,36 +70,12 @@ def avg_pool2d_flops(inputs: list[Any], outputs: list[Any]) -> int:
     return taps * math.prod(_shape(outputs[0]))
 
 
-def resample_macs(x_shape: Sequence[int], grid_shape: Sequence[int]) -> int:
-    """Bilinear resampling: 4 MACs per output element and channel."""
-    return 4 * x_shape[0] * x_shape[1] * grid_shape[1] * grid_shape[2]
-
-
-def saliency_grid_macs(logits_shape: Sequence[int], window: int) -> int:
-    """Three window sums (weight, weight·x, weight·y) of (2P+1)² taps per pixel."""
-    return 3 * (2 * window + 1) ** 2 * math.prod(logits_shape)
-
-
-def gather_macs(z_shape: Sequence[int], index_shape: Sequence[int]) -> int:
-    """Barycentric blend of 3 values per output element and channel."""
-    return 3 * z_shape[0] * z_shape[1] * index_shape[1] * index_shape[2]
-
-
-def lprm_aggregate_macs(v_shape: Sequence[int]) -> int:
-    """9 weighted taps per output element."""
-    return 9 * math.prod(v_shape)
-
-
 def sfm_handles() -> dict[str, Handle]:
     """fvcore handles for ``FlopCountAnalysis(...).set_op_handle(**sfm_handles())``."""
     return {
         "aten::grid_sampler": grid_sampler_flops,
         "aten::avg_pool2d": avg_pool2d_flops,
-        "sfm::resample": lambda i, o: resample_macs(_shape(i[0]), _shape(i[1])),
-        "sfm::saliency_grid": lambda i, o: saliency_grid_macs(_shape(i[0]), int(_constant(i[1]))),
-        "sfm::gather": lambda i, o: gather_macs(_shape(i[0]), _shape(i[1])),
-        "sfm::lprm_aggregate": lambda i, o: lprm_aggregate_macs(_shape(i[0])),
-        "sfm::rasterize": lambda i, o: 0,
+        **fvcore_handles(),
     }
 
 

@@ -28,8 +28,8 @@ import triton.language as tl
 from torch.utils.flop_counter import register_flop_formula
 
 from sfm_core._checks import check_positive, check_same_batch, check_tensor
+from sfm_core.flops import lprm_aggregate_macs
 from sfm_triton._runtime import autotune_configs, cdiv, check_device, check_dtype
-from sfm_triton.flops import lprm_aggregate_macs
 
 TAPS = 9
 _SPAN = 16  # columns summed at once where the first/last column collects its clamped pixels

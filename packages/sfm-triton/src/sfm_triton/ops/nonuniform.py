@@ -38,9 +38,9 @@ import triton.language as tl
 from torch.utils.flop_counter import register_flop_formula
 
 from sfm_core._checks import check_same_batch, check_size, check_tensor
+from sfm_core.flops import gather_macs
 from sfm_core.functional.positions import check_positions
 from sfm_triton._runtime import autotune_configs, cdiv, check_device, check_dtype
-from sfm_triton.flops import gather_macs
 
 VERTICES = 3
 _NO_OWNER = 2**31 - 1

@@ -20,9 +20,9 @@ import triton.language as tl
 from torch.utils.flop_counter import register_flop_formula
 
 from sfm_core._checks import check_same_batch, check_tensor
+from sfm_core.flops import resample_backward_macs, resample_macs
 from sfm_core.functional.resample import check_grid
 from sfm_triton._runtime import autotune_configs, cdiv, check_device, check_dtype
-from sfm_triton.flops import resample_backward_macs, resample_macs
 
 # Tiles of 4-8 elements per thread: bigger ones spill on sm_90 (the int64 corner addresses of
 # every element stay live); checked by compiling every config ahead of time in the tests.

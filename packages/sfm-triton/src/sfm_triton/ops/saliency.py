@@ -26,8 +26,8 @@ import triton.language as tl
 from torch.utils.flop_counter import register_flop_formula
 
 from sfm_core._checks import check_positive, check_tensor
+from sfm_core.flops import saliency_grid_macs
 from sfm_triton._runtime import autotune_configs, cdiv, check_device, check_dtype
-from sfm_triton.flops import saliency_grid_macs
 
 # The window loops stay loops (unrolling 121 taps made sm_90 compiles take 20-40 s and spill);
 # 32x32 tiles spill in the backward with Triton 3.6.

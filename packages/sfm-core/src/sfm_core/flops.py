@@ -1,9 +1,10 @@
 """Multiply-accumulate counts of the SFM ops, for FlopCounterMode and fvcore.
 
-One count per op, used twice: ``torch.utils.flop_counter`` formulas (2 FLOPs per MAC, forward and
-backward ops) registered next to each op, and fvcore handles (fvcore counts 1 per MAC and only
-sees the forward ops, which ``torch.jit.trace`` records as ``sfm::<name>``).
-Counts follow the op's definition, not one kernel's implementation details.
+One count per op, shared by every package: a backend's ``torch.utils.flop_counter`` formulas
+(2 FLOPs per MAC, forward and backward ops, registered next to its ``sfm::*`` custom ops) and
+fvcore handles (fvcore counts 1 per MAC and only sees the forward ops, which ``torch.jit.trace``
+records as ``sfm::<name>``). Counts follow the op's definition, not one kernel's details.
+fvcore itself is not needed here: the handles only read the traced values they are given.
 """
 
 from __future__ import annotations
