@@ -23,6 +23,7 @@ from timm.models.convnext import ConvNeXt
 from torch import nn
 
 from sfm_d2.config import validate_sfm_config
+from sfm_d2.modeling.backbone.ars import build_ars
 from sfm_d2.modeling.backbone.levels import (
     LEVELS,
     ArsFactory,
@@ -33,7 +34,6 @@ from sfm_d2.modeling.backbone.levels import (
     resample_level,
 )
 from sfm_d2.modeling.backbone.outputs import ars_logits_key, positions_key
-from sfm_d2.modeling.backbone.resnet import build_ars
 
 STEM_STRIDE = 4
 

@@ -11,12 +11,11 @@ RES5_DILATION 4) and RES5_MULTI_GRID; ARS still runs before a dilated stage, as 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import (
     BasicBlock,
@@ -27,8 +26,8 @@ from detectron2.modeling.backbone.resnet import (
 )
 from torch import nn
 
-from sfm_core.nn import AdaptiveResampling
-from sfm_d2.config import ops_backend, validate_sfm_config
+from sfm_d2.config import validate_sfm_config
+from sfm_d2.modeling.backbone.ars import build_ars
 from sfm_d2.modeling.backbone.levels import downsampled_positions, first_positions, resample_level
 from sfm_d2.modeling.backbone.outputs import ars_logits_key, positions_key
 
@@ -184,20 +183,6 @@ def build_sfm_resnet_stages(cfg: CfgNode, input_shape: ShapeSpec) -> tuple[nn.Mo
         out_channels *= 2
         bottleneck_channels *= 2
     return stem, stages
-
-
-def build_ars(cfg: CfgNode, channels: int) -> nn.Module:
-    """One ARS module configured by ``MODEL.SFM.*``."""
-    sfm = cfg.MODEL.SFM
-    return AdaptiveResampling(
-        channels,
-        generator=sfm.GENERATOR,
-        window=sfm.WINDOW,
-        fwhm=sfm.FWHM,
-        s_min=sfm.S_MIN,
-        norm_layer=partial(get_norm, sfm.NORM),
-        backend=ops_backend(cfg),
-    )
 
 
 @BACKBONE_REGISTRY.register()  # type: ignore[untyped-decorator]

@@ -21,6 +21,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from sfm_d2.config import validate_sfm_config
+from sfm_d2.modeling.backbone.ars import build_ars
 from sfm_d2.modeling.backbone.levels import (
     LEVELS,
     ArsFactory,
@@ -31,7 +32,6 @@ from sfm_d2.modeling.backbone.levels import (
     resample_level,
 )
 from sfm_d2.modeling.backbone.outputs import ars_logits_key, positions_key
-from sfm_d2.modeling.backbone.resnet import build_ars
 from sfm_d2.modeling.backbone.swin_layers import PatchEmbed, SwinStage, init_swin_weights
 
 
