@@ -179,3 +179,20 @@ def test_does_not_depend_on_memory_layout() -> None:
 def test_bad_input(call: object, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         call()  # type: ignore[operator]
+
+
+def test_nearest_fallback_matches_brute_force() -> None:
+    # A shrunken, jittered lattice leaves a wide uncovered margin whose pixels need the fallback.
+    positions = 0.25 + 0.5 * identity_positions(2, 9, 11, dtype=torch.float64)
+    positions = positions + 0.01 * torch.randn_like(positions)
+    size = (23, 29)
+    index, weights = rasterize(positions, size)
+    uncovered = ~covered_mask(positions, size)
+    assert uncovered.float().mean() > 0.5
+    points = positions.flatten(2).transpose(1, 2) * torch.tensor([size[1], size[0]])  # [B, hw, 2]
+    centres = target_centres(size)[0].permute(1, 2, 0).reshape(-1, 2) * torch.tensor(
+        [size[1], size[0]]
+    )
+    nearest = torch.cdist(centres.unsqueeze(0).expand(2, -1, -1), points).argmin(-1).view(2, *size)
+    torch.testing.assert_close(index[..., 0][uncovered], nearest[uncovered])
+    assert (weights[..., 0][uncovered] == 1).all()
