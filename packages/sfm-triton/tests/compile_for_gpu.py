@@ -84,16 +84,24 @@ def cases() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
             {"logits_ptr": "*fp16"},
             {"WINDOW": 5},
         ),
+        ("saliency coefficients", saliency._saliency_coefficients_kernel, {}, {"BLOCK": 128}),
     ]
 
 
-def main() -> None:
+Case = tuple[str, Any, dict[str, str], dict[str, Any]]
+
+
+def compile_all(all_cases: list[Case]) -> None:
+    """Compile every case for sm_90 (every config of an autotuned kernel, else one with 4 warps)
+    and print one JSON line per compile."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("run without TRITON_INTERPRET: the kernels must be JIT functions")
     target = GPUTarget("cuda", ARCH, 32)
-    for label, kernel, pointers, constants in cases():
-        for config in kernel.configs:
-            fn = kernel.fn
+    for label, kernel, pointers, constants in all_cases:
+        autotuned = isinstance(kernel, triton.runtime.Autotuner)
+        configs = kernel.configs if autotuned else [triton.Config({}, num_warps=4)]
+        fn = kernel.fn if autotuned else kernel
+        for config in configs:
             values = {
                 name: value
                 for name, value in {**constants, **config.kwargs}.items()
@@ -115,23 +123,7 @@ def main() -> None:
                 ),
                 flush=True,
             )
-    coefficients = saliency._saliency_coefficients_kernel
-    values = {"BLOCK": 128}
-    source = ASTSource(
-        fn=coefficients, signature=signature(coefficients, {}, values), constexprs=values
-    )
-    registers, spills = ptxas_report(triton.compile(source, target=target).asm["ptx"])
-    print(
-        json.dumps(
-            {
-                "kernel": "saliency coefficients",
-                "config": values,
-                "registers": registers,
-                "spill_bytes": spills,
-            }
-        )
-    )
 
 
 if __name__ == "__main__":
-    main()
+    compile_all(cases())

@@ -7,14 +7,9 @@ JIT does for real calls: a stride of 1 becomes a constant.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
-import triton
-from compile_for_gpu import ARCH, ptxas_report, signature
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from compile_for_gpu import compile_all
 
 from sfm_triton.ops import lprm, nonuniform
 
@@ -87,37 +82,5 @@ def cases() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
     ]  # fmt: skip
 
 
-def main() -> None:
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        raise SystemExit("run without TRITON_INTERPRET: the kernels must be JIT functions")
-    target = GPUTarget("cuda", ARCH, 32)
-    for label, kernel, pointers, constants in cases():
-        autotuned = isinstance(kernel, triton.runtime.Autotuner)
-        configs = kernel.configs if autotuned else [triton.Config({}, num_warps=4)]
-        fn = kernel.fn if autotuned else kernel
-        for config in configs:
-            values = {
-                name: value
-                for name, value in {**constants, **config.kwargs}.items()
-                if name in fn.arg_names
-            }
-            source = ASTSource(fn=fn, signature=signature(fn, pointers, values), constexprs=values)
-            compiled = triton.compile(
-                source, target=target, options={"num_warps": config.num_warps}
-            )
-            registers, spills = ptxas_report(compiled.asm["ptx"])
-            print(
-                json.dumps(
-                    {
-                        "kernel": label,
-                        "config": {**config.kwargs, "num_warps": config.num_warps},
-                        "registers": registers,
-                        "spill_bytes": spills,
-                    }
-                ),
-                flush=True,
-            )
-
-
 if __name__ == "__main__":
-    main()
+    compile_all(cases())
