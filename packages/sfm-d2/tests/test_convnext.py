@@ -11,11 +11,17 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_backbone
 from detectron2.structures import ImageList
 from timm.models.convnext import ConvNeXt
-from torch import nn
 
 from sfm_core.functional import identity_positions
 from sfm_d2.modeling.backbone import SFMConvNeXt, ars_logits_key, positions_key
 from sfm_d2.modeling.backbone.levels import LEVELS
+
+from .backbone_checks import (
+    assert_fresh_ars_is_plain_and_trained_ars_warps,
+    assert_task_loss_reaches_every_ars,
+    image,
+    perturb_ars,
+)
 
 DIMS = [8, 12, 20, 28]  # not powers of two, on purpose
 
@@ -28,18 +34,6 @@ def tiny(cfg: CfgNode, *, ars: list[str] | None = None) -> CfgNode:
     cfg.MODEL.CONVNEXT.LAYER_SCALE_INIT_VALUE = 0.5  # visible in the outputs (1e-6 is not)
     cfg.MODEL.SFM.ARS_STAGES = ["res3", "res4", "res5"] if ars is None else ars
     return cfg
-
-
-def image(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
-def perturb_ars(model: nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("ars."):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
 
 
 def test_plain_convnext_matches_timm(cfg: CfgNode) -> None:
@@ -108,28 +102,13 @@ def test_ars_off_is_the_plain_backbone(cfg: CfgNode) -> None:
     assert {k.split(".")[1] for k in missing} == {"res3", "res4", "res5"}
     assert all(k.startswith("ars.") for k in missing)
     x = image(1, 96, 128)
-    with torch.no_grad():
-        want = plain(x)
-        fresh = sfm(x)
-        perturb_ars(sfm)
-        warped = sfm(x)
-    for level in LEVELS:
-        torch.testing.assert_close(fresh[level], want[level], rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(fresh[positions_key(level)], want[positions_key(level)])
-    assert torch.equal(warped["res2"], want["res2"])
-    for level in LEVELS[1:]:
-        assert not torch.allclose(warped[level], want[level], atol=1e-3), level
+    assert_fresh_ars_is_plain_and_trained_ars_warps(plain, sfm, x)
 
 
 def test_task_loss_reaches_every_ars(cfg: CfgNode) -> None:
     torch.manual_seed(0)
     model = build_backbone(tiny(cfg)).train()
-    out = model(image(2, 64, 96))
-    sum(out[level].square().mean() for level in LEVELS).backward()
-    for stage, ars in model.ars.items():
-        grad = ars.generator.project.weight.grad
-        assert grad is not None, stage
-        assert grad.abs().sum() > 0, stage
+    assert_task_loss_reaches_every_ars(model, image(2, 64, 96))
 
 
 def test_layer_scale_off_has_no_gamma(cfg: CfgNode) -> None:

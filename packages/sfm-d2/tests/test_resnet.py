@@ -19,6 +19,8 @@ from sfm_core.nn import ConvAttention, PyramidAttention
 from sfm_d2.modeling.backbone import ars_logits_key, is_feature_key, positions_key
 from sfm_d2.modeling.backbone.resnet import SFMResNet
 
+from .backbone_checks import image, perturb_ars
+
 LEVELS = ["res2", "res3", "res4", "res5"]
 IMAGE = ShapeSpec(channels=3)
 
@@ -33,19 +35,6 @@ def configure(cfg: CfgNode, depth: int = 50, ars: list[str] | None = None) -> Cf
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth < 50 else 256
     cfg.MODEL.SFM.ARS_STAGES = ["res3", "res4", "res5"] if ars is None else ars
     return cfg
-
-
-def image(batch: int = 2, height: int = 67, width: int = 93, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
-def perturb_ars(model: nn.Module, seed: int = 0) -> None:
-    """Give every ARS parameter random values (fresh ARS is the identity by design)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("ars."):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
 
 
 def features(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

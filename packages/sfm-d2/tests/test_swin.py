@@ -12,12 +12,18 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_backbone
 from detectron2.structures import ImageList
 from timm.models import swin_transformer as timm_swin
-from torch import nn
 
 from sfm_core.functional import identity_positions
 from sfm_d2.modeling.backbone import SFMSwinTransformer, ars_logits_key, positions_key
 from sfm_d2.modeling.backbone.levels import LEVELS
 from sfm_d2.modeling.backbone.swin_layers import SwinBlock, shifted_window_mask
+
+from .backbone_checks import (
+    assert_fresh_ars_is_plain_and_trained_ars_warps,
+    assert_task_loss_reaches_every_ars,
+    image,
+    perturb_ars,
+)
 
 
 def tiny(cfg: CfgNode, *, ars: list[str] | None = None, window: int = 7) -> CfgNode:
@@ -30,19 +36,6 @@ def tiny(cfg: CfgNode, *, ars: list[str] | None = None, window: int = 7) -> CfgN
     cfg.MODEL.SWIN.DROP_PATH_RATE = 0.0
     cfg.MODEL.SFM.ARS_STAGES = ["res3", "res4", "res5"] if ars is None else ars
     return cfg
-
-
-def image(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
-def perturb_ars(model: nn.Module, seed: int = 0) -> None:
-    """Random ARS parameters (a fresh ARS is the identity by design)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("ars."):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
 
 
 def test_plain_swin_matches_timm_where_window_and_size_align(cfg: CfgNode) -> None:
@@ -146,29 +139,13 @@ def test_ars_off_is_the_plain_backbone(cfg: CfgNode) -> None:
     assert unexpected == []
     assert all(k.startswith("ars.") for k in missing)
     x = image(2, 96, 160)
-    with torch.no_grad():
-        want = plain(x)
-        fresh = sfm(x)  # a fresh ARS resamples at the identity grid
-        perturb_ars(sfm)
-        warped = sfm(x)
-    for level in LEVELS:
-        torch.testing.assert_close(fresh[level], want[level], rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(fresh[positions_key(level)], want[positions_key(level)])
-    # The features of a level are tapped before the ARS that follows it.
-    assert torch.equal(warped["res2"], want["res2"])
-    for level in LEVELS[1:]:
-        assert not torch.allclose(warped[level], want[level], atol=1e-3), level
+    assert_fresh_ars_is_plain_and_trained_ars_warps(plain, sfm, x)
 
 
 def test_task_loss_reaches_every_ars(cfg: CfgNode) -> None:
     torch.manual_seed(0)
     model = build_backbone(tiny(cfg)).train()
-    out = model(image(2, 64, 96))
-    sum(out[level].square().mean() for level in LEVELS).backward()
-    for stage, ars in model.ars.items():
-        grad = ars.generator.project.weight.grad
-        assert grad is not None, stage
-        assert grad.abs().sum() > 0, stage
+    assert_task_loss_reaches_every_ars(model, image(2, 64, 96))
 
 
 def test_activation_checkpointing_and_ape_run(cfg: CfgNode) -> None:
