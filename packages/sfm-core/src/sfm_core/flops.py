@@ -42,6 +42,20 @@ def lprm_aggregate_macs(v_shape: Shape) -> int:
     return 9 * math.prod(v_shape)
 
 
+def ms_deform_attn_macs(value_shape: Shape, locations_shape: Shape) -> int:
+    """Per sampling point and channel: 4 bilinear corner MACs plus 1 for the attention weight.
+
+    ``value_shape`` is ``[B, S, heads, C_h]``, ``locations_shape`` ``[B, Q, heads, L, P, 2]``.
+    """
+    return 5 * math.prod(locations_shape[:-1]) * value_shape[3]
+
+
+def ms_deform_attn_backward_macs(value_shape: Shape, locations_shape: Shape) -> int:
+    """Per point and channel: 4 (grad_value scatter) + 5 (resample and dot for grad_weights)
+    + 8 (the two corner differences for grad_locations)."""
+    return 17 * math.prod(locations_shape[:-1]) * value_shape[3]
+
+
 def _sizes(value: Any) -> list[int]:
     """Shape of a JIT value as fvcore hands it over."""
     return list(value.type().sizes())
@@ -63,4 +77,7 @@ def fvcore_handles() -> dict[str, Callable[[list[Any], list[Any]], int]]:
         "sfm::rasterize": lambda inputs, outputs: 0,  # index bookkeeping, no multiply-adds
         "sfm::gather": lambda inputs, outputs: gather_macs(_sizes(inputs[0]), _sizes(inputs[1])),
         "sfm::lprm_aggregate": lambda inputs, outputs: lprm_aggregate_macs(_sizes(inputs[0])),
+        "sfm::ms_deform_attn": lambda inputs, outputs: ms_deform_attn_macs(
+            _sizes(inputs[0]), _sizes(inputs[2])
+        ),
     }

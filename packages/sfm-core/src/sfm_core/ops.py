@@ -52,3 +52,17 @@ def lprm_aggregate(
     """See :func:`sfm_core.functional.lprm_aggregate`."""
     run = implementation("lprm_aggregate", v.device, backend, reference.lprm_aggregate)
     return run(v, logits, dilation)  # type: ignore[no-any-return]
+
+
+def ms_deform_attn(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """See :func:`sfm_core.functional.ms_deform_attn`."""
+    run = implementation("ms_deform_attn", value.device, backend, reference.ms_deform_attn)
+    out: torch.Tensor = run(value, spatial_shapes, sampling_locations, attention_weights)
+    return out

@@ -4,6 +4,7 @@ Nothing here dispatches to another backend; :mod:`sfm_core.ops` does that.
 """
 
 from sfm_core.functional.lprm import lprm_aggregate
+from sfm_core.functional.ms_deform_attn import ms_deform_attn
 from sfm_core.functional.nonuniform import gather, nonuniform_upsample, rasterize
 from sfm_core.functional.positions import compose_positions, identity_positions, resize_positions
 from sfm_core.functional.resample import resample
@@ -14,6 +15,7 @@ __all__ = [
     "gather",
     "identity_positions",
     "lprm_aggregate",
+    "ms_deform_attn",
     "nonuniform_upsample",
     "rasterize",
     "resample",
