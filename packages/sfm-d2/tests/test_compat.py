@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,16 +103,40 @@ def test_model_zoo_config_files() -> None:
     assert path.is_file()
 
 
-def test_minimal_pkg_resources_matches_setuptools() -> None:
-    import pkg_resources  # the real module (setuptools<82 is pinned)
+def test_minimal_pkg_resources_finds_package_files() -> None:
+    # Compared with a path built independently, not with `import pkg_resources`: on
+    # setuptools>=82 that import returns this very stand-in, and the test would compare it with
+    # itself.
+    import detectron2.model_zoo
 
     shim = compat.minimal_pkg_resources()
-    args = ("detectron2.model_zoo", "configs/Misc/semantic_R_50_FPN_1x.yaml")
-    assert shim.resource_filename(*args) == pkg_resources.resource_filename(*args)
+    resource = "configs/Misc/semantic_R_50_FPN_1x.yaml"
+    expected = Path(detectron2.model_zoo.__file__).parent / resource
+    assert expected.is_file()
+    assert Path(shim.resource_filename("detectron2.model_zoo", resource)) == expected
     with pytest.raises(AttributeError, match=r"setuptools<82"):
         _ = shim.require
     with pytest.raises(ModuleNotFoundError, match="no_such_package"):
         shim.resource_filename("no_such_package", "x")
+
+
+def test_pkg_resources_stand_in_survives_a_second_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on setuptools>=82: no pkg_resources anywhere. Every CPU training worker imports sfm_d2
+    # and calls apply() again in a process where the stand-in is already installed.
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None) -> object:
+        return None if name == "pkg_resources" else real_find_spec(name, package)
+
+    monkeypatch.delitem(sys.modules, "pkg_resources", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(compat, "detectron2_uses", lambda: frozenset({"pkg_resources"}))
+    monkeypatch.setattr(compat, "_applied", [])
+    assert compat.apply() == ("pkg_resources",)
+    stand_in = sys.modules["pkg_resources"]
+    assert compat.apply() == ()
+    assert sys.modules["pkg_resources"] is stand_in
+    assert compat.applied() == ("pkg_resources",)
 
 
 def test_collect_env_runs_with_the_stub() -> None:

@@ -95,7 +95,9 @@ def minimal_pkg_resources() -> types.ModuleType:
 
 
 def _pkg_resources() -> bool:
-    if importlib.util.find_spec("pkg_resources") is not None:
+    # A module already imported (the real one, or this stand-in from an earlier call) is kept.
+    # find_spec would raise for the stand-in: a module made at run time has no __spec__.
+    if "pkg_resources" in sys.modules or importlib.util.find_spec("pkg_resources") is not None:
         return False
     sys.modules["pkg_resources"] = minimal_pkg_resources()
     return True
