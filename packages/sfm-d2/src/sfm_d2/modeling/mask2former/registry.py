@@ -22,7 +22,7 @@ Masked-attention transformer decoders of SFMMaskFormerHead, looked up by
 
 
 @SFM_TRANSFORMER_DECODER_REGISTRY.register()
-class SFMMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder):  # type: ignore[misc]
+class SFMMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder):
     """The masked-attention decoder, built from a config (or from keyword arguments)."""
 
     @configurable  # type: ignore[untyped-decorator]
