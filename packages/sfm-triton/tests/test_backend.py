@@ -26,6 +26,7 @@ def test_entry_point_names_this_backend() -> None:
 def test_ops_have_the_reference_signatures() -> None:
     assert set(BACKEND.ops) == {
         "lprm_aggregate",
+        "ms_deform_attn",
         "nonuniform_upsample",
         "resample",
         "saliency_grid",

@@ -1,7 +1,8 @@
 """Every autotune config of every kernel compiles for sm_90 without spills.
 
 Runs the compile scripts (``compile_for_gpu.py`` for resample/saliency,
-``compile_nonuniform_lprm_for_gpu.py`` for rasterize/gather/lprm) in a fresh interpreter without
+``compile_nonuniform_lprm_for_gpu.py`` for rasterize/gather/lprm,
+``compile_ms_deform_attn_for_gpu.py`` for ms_deform_attn) in a fresh interpreter without
 ``TRITON_INTERPRET``, so the kernels are JIT functions even inside the interpreter session; no GPU
 is needed.
 """
@@ -23,7 +24,11 @@ HERE = Path(__file__).parent
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("script", "kernel_count"),
-    [("compile_for_gpu.py", 7), ("compile_nonuniform_lprm_for_gpu.py", 16)],
+    [
+        ("compile_for_gpu.py", 7),
+        ("compile_nonuniform_lprm_for_gpu.py", 16),
+        ("compile_ms_deform_attn_for_gpu.py", 7),
+    ],
 )
 def test_every_config_compiles_for_sm90_without_spills(script: str, kernel_count: int) -> None:
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
