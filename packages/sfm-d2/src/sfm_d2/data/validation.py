@@ -87,27 +87,34 @@ def check_label_values(
         raise BadDataError("bad label", [f"{file_name}: {problem}"])
 
 
-def _end_marker_missing(path: str, image_format: str | None) -> bool:
-    """True when a PNG/JPEG lacks its end marker in its last KiB (a cheap truncation hint)."""
-    marker = {"PNG": _PNG_END, "JPEG": _JPEG_END}.get(image_format or "")
-    if marker is None:
-        return False
+def _end_marker_missing(path: str, marker: bytes) -> bool:
+    """True when ``marker`` is not in the file's last KiB (a cheap truncation test)."""
     with open(path, "rb") as f:
         f.seek(max(0, os.path.getsize(path) - _TAIL_BYTES))
         return marker not in f.read()
 
 
 def _open(path: str, kind: str, *, decode: bool) -> tuple[Image.Image | None, str | None]:
-    """Open ``path`` (decoding it when asked or when it looks truncated), or say what is wrong."""
+    """Open ``path`` (decoding it when asked or when it looks truncated), or say what is wrong.
+
+    A PNG must end with its IEND chunk. A JPEG without its end marker is decoded to decide, since
+    some cameras append data after it; PIL raises on a JPEG whose image data is cut short.
+    """
     if not os.path.isfile(path):
         return None, f"{path}: missing {kind} file"
     try:
         image = Image.open(path)
-        if decode or _end_marker_missing(path, image.format):
-            image.load()
     except UnidentifiedImageError:
         return None, f"{path}: unreadable {kind}: not an image file PIL can identify"
     except (OSError, SyntaxError, ValueError) as error:
+        return None, f"{path}: unreadable or truncated {kind}: {error}"
+    try:
+        if image.format == "PNG" and _end_marker_missing(path, _PNG_END):
+            raise OSError("no IEND chunk at the end of the PNG")
+        if decode or (image.format == "JPEG" and _end_marker_missing(path, _JPEG_END)):
+            image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        image.close()
         return None, f"{path}: unreadable or truncated {kind}: {error}"
     return image, None
 
