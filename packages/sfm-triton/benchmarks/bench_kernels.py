@@ -14,6 +14,10 @@ Every ratio compares timings taken in this run, same device, same feature dtype:
   ``torch.compile`` of it, and peak memory vs the eager reference; ``nonuniform_upsample``
   forward also vs scipy's ``LinearNDInterpolator`` (+ nearest fill outside the hull, as ours),
   looped over the batch on the CPU, as the authors demodulated.
+* ``ms_deform_attn``: multi-scale deformable attention, forward and forward + backward vs the
+  eager reference (``F.grid_sample`` per level, as Deformable DETR's PyTorch fallback) and vs
+  ``torch.compile`` of it, and peak memory; Mask2Former's pixel-decoder encoder layer at an ADE20K
+  512² crop (batch 2, levels 64², 32², 16², 8 heads of 32 channels, 4 points, every pixel a query).
 * ``training_step``: forward + backward + SGD step of three ARS (ResNet-50 stage shapes) and one
   MSAU (256 channels, 1/8 → 1/4), ``backend="triton"`` vs ``backend="reference"``.
 
@@ -51,13 +55,21 @@ import sfm_triton
 from sfm_core import functional as reference
 from sfm_core.nn import AdaptiveResampling, MultiScaleAdaptiveUpsampling
 from sfm_triton.ops.lprm import lprm_aggregate
+from sfm_triton.ops.ms_deform_attn import ms_deform_attn
 from sfm_triton.ops.nonuniform import nonuniform_upsample
 from sfm_triton.ops.resample import resample
 from sfm_triton.ops.saliency import saliency_grid
-from sfm_triton.testing import tolerance, warped_positions
+from sfm_triton.testing import deformable_attention_inputs, tolerance, warped_positions
 
 RESULTS = Path(__file__).with_name("results")
-OPS = ("resample", "saliency_grid", "lprm_aggregate", "nonuniform_upsample", "training_step")
+OPS = (
+    "resample",
+    "saliency_grid",
+    "lprm_aggregate",
+    "nonuniform_upsample",
+    "ms_deform_attn",
+    "training_step",
+)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # (C, H, W) entering each ARS at a 512² crop.
 R50_STAGES = [(256, 128, 128), (512, 64, 64), (1024, 32, 32)]
@@ -74,6 +86,8 @@ class Shapes:
     lprm: list[tuple[int, int, int, int]]  # (C, H, W, dilation)
     nonuniform: list[tuple[int, int, int, int, int]]  # (K, h, w, Ho, Wo)
     training: list[tuple[int, int, int]]  # ARS stages (C, H, W); MSAU goes 2x from the first/2
+    # (batch, levels (H, W), heads, channels per head, points); queries = every pixel
+    deform: tuple[int, list[tuple[int, int]], int, int, int]
 
 
 FULL = Shapes(
@@ -83,6 +97,7 @@ FULL = Shapes(
     lprm=[(256, 128, 128, 1), (256, 128, 128, 4), (256, 128, 128, 16), (96, 128, 128, 2)],
     nonuniform=[(256, 64, 64, 128, 128), (19, 64, 64, 128, 128)],
     training=R50_STAGES,
+    deform=(2, [(64, 64), (32, 32), (16, 16)], 8, 32, 4),
 )
 TINY = Shapes(
     batch=2,
@@ -91,6 +106,7 @@ TINY = Shapes(
     lprm=[(5, 9, 11, 2)],
     nonuniform=[(3, 5, 6, 9, 11)],
     training=[(4, 8, 10)],
+    deform=(2, [(3, 4), (2, 2), (1, 1)], 2, 4, 2),
 )
 
 
@@ -533,6 +549,63 @@ def bench_nonuniform(
     return rows  # fmt: skip
 
 
+def bench_ms_deform_attn(
+    clock: Clock,
+    shapes: Shapes,
+    dtypes: list[torch.dtype],
+    device: torch.device,
+    compile_baseline: bool,
+) -> list[Row]:
+    batch, levels, heads, channels, points = shapes.deform
+    rows = []
+    for dtype in dtypes:
+        name = str(dtype).removeprefix("torch.")
+        value, spatial_shapes, locations, weights = (
+            t.requires_grad_() if t.is_floating_point() else t
+            for t in deformable_attention_inputs(
+                batch, levels, heads, channels, points, dtype=dtype, device=device
+            )
+        )
+        inputs = (value, spatial_shapes, locations, weights)
+        case = (
+            f"B={batch} levels {'/'.join(f'{h}x{w}' for h, w in levels)} heads {heads}x{channels}"
+            f" P={points} Q={value.shape[1]}"
+        )
+        with torch.no_grad():
+            expected = reference.ms_deform_attn(*inputs)
+            error = relative_error(ms_deform_attn(*inputs), expected)
+            ours_ms = clock.ms(lambda inputs=inputs: ms_deform_attn(*inputs))
+            base_ms = clock.ms(lambda inputs=inputs: reference.ms_deform_attn(*inputs))
+        rows.append(
+            Row(
+                "ms_deform_attn fwd",
+                case,
+                name,
+                "speedup",
+                ours_ms,
+                "eager reference",
+                base_ms,
+                2.0,
+                error,
+                within_tolerance(error, dtype),
+            )
+        )
+        rows += compare_fwd_bwd(
+            clock,
+            "ms_deform_attn fwd+bwd",
+            case,
+            dtype,
+            ms_deform_attn,
+            reference.ms_deform_attn,
+            inputs,
+            speedup_eager=2.0,
+            compile_baseline=compile_baseline,
+            speedup_compiled=1.0,
+            memory_target=1.0,
+        )
+    return rows  # fmt: skip
+
+
 class ARSMSAUStep(nn.Module):
     """Three ARS at backbone stage shapes and one MSAU (1/8 → 1/4), as one training step sees them."""
 
@@ -700,6 +773,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows += bench_lprm(clock, shapes, dtypes, device, compile_baseline)
     if "nonuniform_upsample" in ops:
         rows += bench_nonuniform(clock, shapes, dtypes, device, compile_baseline)
+    if "ms_deform_attn" in ops:
+        rows += bench_ms_deform_attn(clock, shapes, dtypes, device, compile_baseline)
     if "training_step" in ops:
         rows += bench_training_step(clock, shapes, device)
 

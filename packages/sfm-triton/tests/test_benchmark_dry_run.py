@@ -39,11 +39,14 @@ def test_dry_run_covers_every_op_and_writes_json(
         "lprm_aggregate fwd+bwd",
         "nonuniform_upsample fwd+bwd",
         "nonuniform_upsample fwd",
+        "ms_deform_attn fwd",
+        "ms_deform_attn fwd+bwd",
         "ARS+MSAU training step",
     }
     metrics = {(row["op"], row["metric"]) for row in payload["rows"]}
     assert ("resample fwd", "bandwidth") in metrics
     assert ("lprm_aggregate fwd+bwd", "memory") in metrics
+    assert ("ms_deform_attn fwd+bwd", "memory") in metrics
     # The kernels agree with the reference even though dry-run timings mean nothing.
     assert all(row["error_ok"] for row in payload["rows"]), payload["rows"]
     for op in ops:

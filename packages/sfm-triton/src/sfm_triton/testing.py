@@ -3,10 +3,13 @@
 One entry per dtype of the compared tensors, never loosened per environment. The kernels compute
 in fp32 like the reference, so fp32 differences come only from summation order; half-precision
 outputs may differ by the rounding of their last bit (and the interpreter truncates fp32 -> bf16).
-Also the warped lattices that non-uniform upsampling is tested and benchmarked on.
+Also the warped lattices that non-uniform upsampling is tested and benchmarked on, and the
+inputs of a deformable-attention encoder layer.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -81,3 +84,48 @@ def jittered_positions(
     cell = torch.tensor([1 / width, 1 / height], dtype=torch.float64).view(1, 2, 1, 1)
     noise = (torch.rand(batch, 2, height, width, dtype=torch.float64) * 2 - 1) * jitter * cell
     return (identity + noise).clamp(1e-3, 1 - 1e-3).float().to(device)
+
+
+def deformable_attention_inputs(
+    batch: int,
+    levels: list[tuple[int, int]],
+    heads: int,
+    channels: int,
+    points: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(value, spatial_shapes, sampling_locations, attention_weights)`` of an encoder layer.
+
+    As Mask2Former's pixel decoder at initialisation plus noise: every pixel of every level is a
+    query (Q = S), sampling around its own pixel centre on a ring per head (point ``p`` at ``p + 1``
+    pixels of each level, in the head's direction) jittered by half a pixel, so points fall
+    between pixel centres and some outside the maps; softmax weights over levels x points.
+    ``spatial_shapes`` stays on the CPU (no device sync to read it).
+    """
+    shapes = torch.tensor(levels, dtype=torch.int64)
+    sizes = torch.tensor([[w, h] for h, w in levels], dtype=torch.float32, device=device)
+    centres = [
+        torch.stack(
+            torch.meshgrid(
+                (torch.arange(w, device=device) + 0.5) / w,
+                (torch.arange(h, device=device) + 0.5) / h,
+                indexing="xy",
+            ),
+            dim=-1,
+        ).reshape(-1, 2)
+        for h, w in levels
+    ]
+    reference = torch.cat(centres)  # [S, 2] (x, y)
+    angle = torch.arange(heads, device=device) * (2 * math.pi / heads)
+    ring = torch.stack([angle.cos(), angle.sin()], dim=-1)  # [heads, 2]
+    radius = torch.arange(1, points + 1, device=device, dtype=torch.float32)
+    offsets = ring[:, None, None, :] * radius[None, None, :, None]  # [heads, 1, P, 2] pixels
+    queries = reference.shape[0]
+    noise = 0.5 * torch.randn(batch, queries, heads, len(levels), points, 2, device=device)
+    locations = reference[None, :, None, None, None, :] + (offsets + noise) / sizes[:, None, :]
+    weights = torch.randn(batch, queries, heads, len(levels) * points, device=device)
+    weights = weights.softmax(-1).reshape(batch, queries, heads, len(levels), points)
+    value = torch.randn(batch, queries, heads, channels, device=device)
+    return value.to(dtype), shapes, locations.to(dtype), weights.to(dtype)
