@@ -43,6 +43,15 @@ def op_inputs() -> dict[str, tuple[tuple[Any, ...], dict[str, Any]]]:
         ),
         "nonuniform_upsample": ((rand(1, 3, 4, 5), positions, (7, 9)), {}),
         "lprm_aggregate": ((rand(1, 3, 5, 6), rand(1, 9, 5, 6), 2), {}),
+        "ms_deform_attn": (
+            (
+                rand(1, 7, 2, 3),
+                torch.tensor([[2, 3], [1, 1]]),
+                torch.rand(1, 4, 2, 2, 2, 2, generator=generator).to(DEVICE) * 1.4 - 0.2,
+                torch.rand(1, 4, 2, 2, 2, generator=generator).to(DEVICE),
+            ),
+            {},
+        ),
     }
 
 
