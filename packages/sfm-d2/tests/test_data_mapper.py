@@ -218,6 +218,18 @@ def test_out_of_range_label_names_the_file(tmp_path: Path) -> None:
     assert record["sem_seg_file_name"] in str(error.value)
 
 
+def test_bad_records_rejected(tmp_path: Path) -> None:
+    record = write_pair(tmp_path, noise_image(8, 8), blocks_label(8, 8))
+    with pytest.raises(TypeError, match="dataset_dict must be a dict, got list"):
+        mapper([])([record])
+    with pytest.raises(ValueError, match="must have 'file_name' and 'sem_seg_file_name'"):
+        mapper([])({"file_name": record["file_name"]})
+    Path(record["sem_seg_file_name"]).unlink()
+    with pytest.raises(BadDataError, match="cannot read label") as error:
+        mapper([])(record)
+    assert record["sem_seg_file_name"] in str(error.value)
+
+
 def test_unreadable_and_mismatched_files_name_the_file(tmp_path: Path) -> None:
     record = write_pair(tmp_path, noise_image(12, 12), blocks_label(12, 10))
     with pytest.raises(BadDataError, match="differs") as error:

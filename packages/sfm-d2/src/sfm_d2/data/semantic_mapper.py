@@ -13,6 +13,7 @@ same result there and never a negative pad elsewhere.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -138,10 +139,11 @@ class MaskFormerSemanticDatasetMapper:
         }
 
     def _read_pair(self, record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        if "sem_seg_file_name" not in record:
+        missing = [key for key in ("file_name", "sem_seg_file_name") if key not in record]
+        if missing:
             raise ValueError(
-                f"record for {record.get('file_name')!r} has no 'sem_seg_file_name'; "
-                "the mask_former_semantic mapper needs a label file per image"
+                f"dataset_dict must have 'file_name' and 'sem_seg_file_name' (an image and its "
+                f"label map), got keys {sorted(record)} for {record.get('file_name')!r}"
             )
         image_path, label_path = record["file_name"], record["sem_seg_file_name"]
         image = _read(image_path, "image", self.image_format)
@@ -161,7 +163,9 @@ class MaskFormerSemanticDatasetMapper:
         return image, label
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
-        record = copy.deepcopy(dataset_dict)
+        if not isinstance(dataset_dict, Mapping):
+            raise TypeError(f"dataset_dict must be a dict, got {type(dataset_dict).__name__}")
+        record = dict(copy.deepcopy(dataset_dict))
         image, label = self._read_pair(record)
         record.setdefault("height", image.shape[0])
         record.setdefault("width", image.shape[1])
