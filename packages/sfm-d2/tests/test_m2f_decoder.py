@@ -281,3 +281,12 @@ def test_parameter_count_of_the_official_ade20k_decoder() -> None:
     decoder = MultiScaleMaskedTransformerDecoder(256, num_classes=150)
     count = sum(p.numel() for p in decoder.parameters())
     assert count == 14_497_431
+
+
+def test_warped_mask_attention_samples_bf16_logits_at_full_precision_positions() -> None:
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(1, 4, 64, 64, generator=generator).to(torch.bfloat16)
+    positions = warped_positions(1, 16, 16)
+    low = attention_mask(logits, (16, 16), num_heads=1, positions=positions)
+    high = attention_mask(logits.float(), (16, 16), num_heads=1, positions=positions)
+    assert torch.equal(low, high)

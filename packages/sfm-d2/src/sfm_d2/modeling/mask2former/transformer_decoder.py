@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sfm_core._checks import check_positive, check_tensor
+from sfm_core._checks import check_positive, check_tensor, compute_dtype
 from sfm_core.functional.positions import check_positions
 from sfm_d2.modeling.mask2former.position_encoding import PositionEmbeddingSine
 
@@ -149,9 +149,11 @@ def attention_mask(
     if positions is None:
         resized = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False)
     else:
-        grid = positions.to(mask_logits.dtype).permute(0, 2, 3, 1) * 2 - 1
+        # float32 at least: in bf16 a position is off by up to half a pixel of a 1/4 map.
+        dtype = compute_dtype(mask_logits.dtype)
+        grid = positions.to(dtype).permute(0, 2, 3, 1) * 2 - 1
         resized = F.grid_sample(
-            mask_logits, grid, mode="bilinear", padding_mode="border", align_corners=False
+            mask_logits.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=False
         )
     blocked = resized.sigmoid().flatten(2) < 0.5
     return blocked.unsqueeze(1).repeat(1, num_heads, 1, 1).flatten(0, 1).detach()
