@@ -28,7 +28,8 @@ def make_inputs(
     """Random inputs in ``dtype``, locations in [-0.3, 1.3] plus the edge cases of ``EDGES``.
 
     ``strided``: value is every other channel of a wider tensor, the locations are shared by the
-    heads through an expanded (stride 0) view and the weights are a transposed copy.
+    heads through an expanded (stride 0) view, the weights and spatial_shapes are transposed
+    copies.
     """
     rows = sum(h * w for h, w in LEVELS)
     levels = len(LEVELS)
@@ -47,6 +48,9 @@ def make_inputs(
     else:
         value = torch.randn(BATCH, rows, HEADS, CHANNELS).to(dtype)
     shapes = torch.tensor(LEVELS, dtype=torch.int64)
+    if layout == "strided":
+        shapes = shapes.t().contiguous().t()
+        assert not shapes.is_contiguous()
     return value.to(device), shapes, locations.to(dtype).to(device), weights.to(dtype).to(device)
 
 

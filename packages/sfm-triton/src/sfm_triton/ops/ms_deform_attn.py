@@ -338,6 +338,7 @@ def _ms_deform_attn_op(
         sampling_locations=sampling_locations,
         attention_weights=attention_weights,
     )
+    spatial_shapes = spatial_shapes.contiguous()  # the kernels read it as flat (H, W) pairs
     batch, _, heads, channels = value.shape
     queries, levels, points = sampling_locations.shape[1], *sampling_locations.shape[3:5]
     out = value.new_empty(_output_shape(value, sampling_locations))
@@ -429,6 +430,7 @@ def _ms_deform_attn_backward_op(
         sampling_locations=sampling_locations,
         attention_weights=attention_weights,
     )
+    spatial_shapes = spatial_shapes.contiguous()  # the kernels read it as flat (H, W) pairs
     starts = _level_starts(spatial_shapes)
     grad_value = (
         _grad_value(grad, value, spatial_shapes, starts, sampling_locations, attention_weights)
