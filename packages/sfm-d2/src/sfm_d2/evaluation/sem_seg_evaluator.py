@@ -1,0 +1,146 @@
+"""detectron2 evaluator for semantic segmentation: region metrics plus boundary IoU.
+
+Per image it adds the confusion matrix and the boundary counts (int64), so combining processes
+is an exact sum (one ``all_reduce``) and the result does not depend on how the images were split
+across processes. (detectron2's ``comm.all_gather`` would pickle the same tensors through a
+deprecated storage API that warns on current torch.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+
+import sfm_d2  # noqa: F401  (its compatibility layer runs before detectron2 is imported)
+
+# isort: split
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+
+from sfm_d2.evaluation.boundary import boundary_statistics
+from sfm_d2.evaluation.confusion import confusion_matrix
+from sfm_d2.evaluation.summary import sem_seg_results
+
+logger = logging.getLogger(__name__)
+
+
+def _sum_over_processes(*counts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The element-wise sums of int64 ``counts`` over every process (exact: integers)."""
+    flat = torch.cat([c.reshape(-1) for c in counts])
+    if dist.get_backend() == dist.Backend.NCCL:  # NCCL reduces CUDA tensors only
+        flat = flat.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    return tuple(
+        part.view_as(c).cpu()
+        for part, c in zip(flat.split([c.numel() for c in counts]), counts, strict=True)
+    )
+
+
+class SFMSemSegEvaluator(DatasetEvaluator):  # type: ignore[misc]
+    """mIoU, fwIoU, mACC, pACC, per-class IoU/ACC and boundary IoU of ``dataset_name``.
+
+    Ground truth comes from each input's ``sem_seg_file_name`` at its original size; the model's
+    ``outputs[i]["sem_seg"]`` ([K, H, W] scores) is reduced by argmax. ``boundary_width`` is the
+    band width in pixels (see :mod:`sfm_d2.evaluation.boundary`). Like detectron2's evaluators,
+    only the main process returns results when ``distributed``; the others return None.
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        *,
+        distributed: bool = True,
+        output_dir: str | None = None,
+        boundary_width: int = 3,
+    ) -> None:
+        metadata = MetadataCatalog.get(dataset_name)
+        classes = metadata.get("stuff_classes")
+        if not classes:
+            raise ValueError(f"dataset_name {dataset_name!r} has no stuff_classes in its metadata")
+        if (
+            isinstance(boundary_width, bool)
+            or not isinstance(boundary_width, int)
+            or boundary_width < 1
+        ):
+            raise ValueError(
+                f"boundary_width must be a positive int (pixels), got {boundary_width!r}"
+            )
+        self._dataset_name = dataset_name
+        self._class_names = list(classes)
+        self._num_classes = len(self._class_names)
+        self._ignore_label = int(metadata.get("ignore_label", 255))
+        self._distributed = distributed
+        self._output_dir = output_dir
+        self._boundary_width = boundary_width
+        self.reset()
+
+    def reset(self) -> None:
+        self._confusion = torch.zeros(self._num_classes, self._num_classes, dtype=torch.int64)
+        self._boundary = torch.zeros(2, self._num_classes, dtype=torch.int64)
+
+    def _read_gt(self, path: str) -> torch.Tensor:
+        with PathManager.open(path, "rb") as handle:
+            labels = np.array(Image.open(handle), dtype=np.int64)
+        if labels.ndim != 2:
+            raise ValueError(f"sem_seg_file_name {path} must be a single-channel label image")
+        return torch.from_numpy(labels)
+
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+        for record, output in zip(inputs, outputs, strict=True):
+            scores = output["sem_seg"]
+            if scores.dim() != 3 or scores.shape[0] != self._num_classes:
+                raise ValueError(
+                    f"outputs['sem_seg'] must be [{self._num_classes}, H, W] scores, "
+                    f"got {tuple(scores.shape)}"
+                )
+            pred = scores.argmax(dim=0).cpu()
+            path = record["sem_seg_file_name"]
+            gt = self._read_gt(path)
+            if gt.shape != pred.shape:
+                raise ValueError(
+                    f"prediction {tuple(pred.shape)} and ground truth {path} "
+                    f"{tuple(gt.shape)} differ in size"
+                )
+            try:
+                self._confusion += confusion_matrix(pred, gt, self._num_classes, self._ignore_label)
+                self._boundary += boundary_statistics(
+                    pred, gt, self._num_classes, self._boundary_width, self._ignore_label
+                )
+            except ValueError as error:
+                raise ValueError(f"{path}: {error}") from error
+
+    def evaluate(self) -> OrderedDict[str, dict[str, float]] | None:
+        confusion, boundary = self._confusion, self._boundary
+        if self._distributed and comm.get_world_size() > 1:
+            confusion, boundary = _sum_over_processes(confusion, boundary)
+            if not comm.is_main_process():
+                return None
+        results = sem_seg_results(confusion, boundary, self._class_names)
+        if self._output_dir:
+            self._save(results, confusion)
+        logger.info("%s: %s", self._dataset_name, results)
+        return OrderedDict({"sem_seg": results})
+
+    def _save(self, results: dict[str, float], confusion: torch.Tensor) -> None:
+        PathManager.mkdirs(self._output_dir)
+        record = {
+            "dataset": self._dataset_name,
+            "boundary_width": self._boundary_width,
+            "classes": self._class_names,
+            "sem_seg": {k: None if math.isnan(v) else v for k, v in results.items()},
+            "confusion_matrix (rows: ground truth, columns: prediction)": confusion.tolist(),
+        }
+        path = os.path.join(self._output_dir, "sem_seg_evaluation.json")
+        with PathManager.open(path, "w") as handle:
+            json.dump(record, handle, indent=1)
