@@ -207,6 +207,11 @@ def test_crop_rejects_bad_settings() -> None:
         RandomCropCategoryAreaLimit("absolute", (8, 8), 0.0)
     with pytest.raises(ValueError, match="max_attempts"):
         RandomCropCategoryAreaLimit("absolute", (8, 8), 0.5, max_attempts=0)
+    with pytest.raises(ValueError, match="crop_type must be one of"):
+        RandomCropCategoryAreaLimit("fixed", (8, 8))
+    pixels_as_fractions = RandomCropCategoryAreaLimit("relative_range", (32, 32))
+    with pytest.raises(ValueError, match=r"gives a .* window for a 8x8 image"):
+        pixels_as_fractions.get_transform(noise_image(8, 8), blocks_label(8, 8))
 
 
 def test_out_of_range_label_names_the_file(tmp_path: Path) -> None:

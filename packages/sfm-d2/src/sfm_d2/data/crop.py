@@ -13,6 +13,9 @@ from __future__ import annotations
 import numpy as np
 from detectron2.data import transforms as T
 
+# detectron2's RandomCrop types (INPUT.CROP.TYPE).
+CROP_TYPES = ("relative_range", "relative", "absolute", "absolute_range")
+
 
 def dominant_fraction(window: np.ndarray, ignore_label: int | None) -> float:
     """Largest single-class share of the labelled pixels; 1.0 if fewer than two classes."""
@@ -44,6 +47,8 @@ class RandomCropCategoryAreaLimit(T.Augmentation):
             raise ValueError(
                 f"single_category_max_area must be in (0, 1], got {single_category_max_area!r}"
             )
+        if crop_type not in CROP_TYPES:
+            raise ValueError(f"crop_type must be one of {', '.join(CROP_TYPES)}, got {crop_type!r}")
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts must be a positive int, got {max_attempts!r}")
         self.crop_type = crop_type
@@ -55,6 +60,12 @@ class RandomCropCategoryAreaLimit(T.Augmentation):
 
     def _draw(self, height: int, width: int) -> tuple[int, int, int, int]:
         crop_h, crop_w = self._sizes.get_crop_size((height, width))
+        if not (0 < crop_h <= height and 0 < crop_w <= width):
+            raise ValueError(
+                f"crop_size {tuple(self.crop_size)} with crop_type {self.crop_type!r} gives a "
+                f"{crop_h}x{crop_w} window for a {height}x{width} image; sizes in pixels need "
+                "crop_type 'absolute', fractions in (0, 1] the 'relative' types"
+            )
         y0 = int(np.random.randint(height - crop_h + 1))
         x0 = int(np.random.randint(width - crop_w + 1))
         return x0, y0, int(crop_w), int(crop_h)
