@@ -262,3 +262,12 @@ def test_criterion_rejects_bad_arguments() -> None:
             {"pred_logits": torch.randn(1, 3, 3), "pred_masks": torch.randn(1, 3, 4, 4)},
             [{"labels": torch.tensor([0]), "masks": torch.ones(1, 4, 4)}],
         )
+
+
+def test_point_sample_keeps_float32_coordinates_for_half_precision_maps() -> None:
+    columns = torch.arange(256.0).expand(1, 1, 4, 256).to(torch.bfloat16)  # exact in bf16
+    coords = torch.tensor([[[0.7012, 0.5], [0.3987, 0.5]]])
+    sampled = point_sample(columns, coords)
+    assert sampled.dtype == torch.float32
+    # The value is the continuous column x * 256 - 0.5; bf16 coordinates miss it by ~0.5.
+    torch.testing.assert_close(sampled[0, 0], coords[0, :, 0] * 256 - 0.5, rtol=0, atol=1e-3)

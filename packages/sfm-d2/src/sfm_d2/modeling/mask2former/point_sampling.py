@@ -7,11 +7,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sfm_core._checks import check_positive, check_tensor
+from sfm_core._checks import check_positive, check_tensor, compute_dtype
 
 
 def point_sample(input: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """Bilinear values ``[N, C, P]`` of maps ``[N, C, H, W]`` at normalised ``(x, y)`` ``[N, P, 2]``.
+
+    Computed (and returned) in at least float32.
 
     Coordinates in ``[0, 1]`` follow ``align_corners=False`` (pixel ``j`` centred at
     ``(j + 0.5) / W``); outside the pixel centres the map is blended with zero padding.
@@ -23,8 +25,9 @@ def point_sample(input: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
             f"coords must be [N, P, 2] with N = {input.shape[0]} (input's batch), "
             f"got shape {tuple(coords.shape)}"
         )
-    grid = (2.0 * coords - 1.0).unsqueeze(2).to(input.dtype)
-    return F.grid_sample(input, grid, mode="bilinear", align_corners=False).squeeze(3)
+    dtype = compute_dtype(input.dtype)  # half-precision coordinates would miss by pixels
+    grid = (2.0 * coords.to(dtype) - 1.0).unsqueeze(2)
+    return F.grid_sample(input.to(dtype), grid, mode="bilinear", align_corners=False).squeeze(3)
 
 
 def uncertain_point_coords(
