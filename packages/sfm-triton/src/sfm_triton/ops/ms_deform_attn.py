@@ -33,16 +33,27 @@ from sfm_triton._runtime import autotune_configs, cdiv, check_device, check_dtyp
 CORNERS = 4
 _CORNERS = tl.constexpr(CORNERS)  # the same, readable inside kernels
 
-# Tiles of at most 8 elements per thread: every point keeps 4 corner loads (and their int64
-# addresses) live. Every config compiles for sm_90 without spills
-# (tests/compile_ms_deform_attn_for_gpu.py).
-_QUERY_CONFIGS = autotune_configs(
+# Tiles of 2-8 elements per thread: every point keeps 4 corner loads (and their int64 addresses)
+# live; at 4 per thread the forward needs ~80 registers (sm_90, ptxas), at 8 ~160. The backward's
+# per-query channel sums need more (~145 at 4 per thread; 32x32 on 8 or 16 warps spills). Every config
+# compiles for sm_90 without spills (tests/compile_ms_deform_attn_for_gpu.py).
+_FORWARD_CONFIGS = autotune_configs(
     [
+        triton.Config({"BLOCK_Q": 16, "BLOCK_C": 32}, num_warps=4),
+        triton.Config({"BLOCK_Q": 16, "BLOCK_C": 32}, num_warps=8),
+        triton.Config({"BLOCK_Q": 8, "BLOCK_C": 32}, num_warps=2),
+        triton.Config({"BLOCK_Q": 32, "BLOCK_C": 32}, num_warps=8),
         triton.Config({"BLOCK_Q": 32, "BLOCK_C": 32}, num_warps=4),
-        triton.Config({"BLOCK_Q": 16, "BLOCK_C": 32}, num_warps=2),
-        triton.Config({"BLOCK_Q": 64, "BLOCK_C": 32}, num_warps=8),
-        triton.Config({"BLOCK_Q": 32, "BLOCK_C": 64}, num_warps=8),
-        triton.Config({"BLOCK_Q": 64, "BLOCK_C": 16}, num_warps=4),
+        triton.Config({"BLOCK_Q": 64, "BLOCK_C": 32}, num_warps=16),
+    ]
+)
+_SAMPLING_CONFIGS = autotune_configs(
+    [
+        triton.Config({"BLOCK_Q": 16, "BLOCK_C": 32}, num_warps=4),
+        triton.Config({"BLOCK_Q": 16, "BLOCK_C": 32}, num_warps=8),
+        triton.Config({"BLOCK_Q": 8, "BLOCK_C": 32}, num_warps=2),
+        triton.Config({"BLOCK_Q": 32, "BLOCK_C": 16}, num_warps=4),
+        triton.Config({"BLOCK_Q": 64, "BLOCK_C": 32}, num_warps=16),
     ]
 )
 _ROW_CONFIGS = autotune_configs(
@@ -99,7 +110,7 @@ def _corner_rows(
     return v00, v01, v10, v11
 
 
-@triton.autotune(configs=_QUERY_CONFIGS, key=_KEY)
+@triton.autotune(configs=_FORWARD_CONFIGS, key=_KEY)
 @triton.jit
 def _forward_kernel(
     value_ptr, shapes_ptr, starts_ptr, loc_ptr, weights_ptr, out_ptr,
@@ -146,7 +157,7 @@ def _forward_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_QUERY_CONFIGS, key=_KEY)
+@triton.autotune(configs=_SAMPLING_CONFIGS, key=_KEY)
 @triton.jit
 def _grad_sampling_kernel(
     grad_ptr, value_ptr, shapes_ptr, starts_ptr, loc_ptr, weights_ptr,
