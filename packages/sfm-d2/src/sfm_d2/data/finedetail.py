@@ -279,12 +279,11 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write(folder: Path, meta: dict[str, Any], progress: bool) -> None:
+def _write(folder: Path, meta: dict[str, Any], title: str, progress: bool) -> None:
     """Draw every image of both splits into ``folder``; ``meta.json`` last, as the completion mark."""
     total = meta["num_train"] + meta["num_val"]
-    with tqdm(
-        total=total, desc=f"sfm finedetail {folder.name}", unit="img", disable=not progress
-    ) as bar:
+    bar = tqdm(total=total, desc=title, unit="img", mininterval=0.5, disable=not progress)
+    with bar:
         for split, split_id in SPLITS.items():
             (folder / "images" / split).mkdir(parents=True)
             (folder / "labels" / split).mkdir(parents=True)
@@ -340,7 +339,7 @@ def ensure_finedetail(
             shutil.rmtree(stale, ignore_errors=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
         try:
-            _write(partial, meta, progress)
+            _write(partial, meta, f"generating {folder}", progress)
             if folder.exists():
                 folder.rmdir()  # empty (checked above): rename cannot replace it
             partial.rename(folder)
