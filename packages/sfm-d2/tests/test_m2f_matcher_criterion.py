@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from sfm_d2.modeling.mask2former import (
     HungarianMatcher,
+    MultiScaleMaskedTransformerDecoder,
     SetCriterion,
     point_sample,
     uncertain_point_coords,
@@ -271,3 +272,26 @@ def test_point_sample_keeps_float32_coordinates_for_half_precision_maps() -> Non
     assert sampled.dtype == torch.float32
     # The value is the continuous column x * 256 - 0.5; bf16 coordinates miss it by ~0.5.
     torch.testing.assert_close(sampled[0, 0], coords[0, :, 0] * 256 - 0.5, rtol=0, atol=1e-3)
+
+
+def test_decoder_outputs_feed_the_criterion() -> None:
+    torch.manual_seed(0)
+    decoder = MultiScaleMaskedTransformerDecoder(
+        8,
+        num_classes=CLASSES,
+        hidden_dim=16,
+        num_queries=4,
+        nheads=2,
+        dim_feedforward=16,
+        dec_layers=3,
+        mask_dim=8,
+    )
+    features = [torch.randn(2, 8, s, s) for s in (3, 6, 12)]
+    targets = [{**t, "masks": t["masks"][:, ::2, ::2]} for t in make_targets()]  # 48 x 48
+    outputs = decoder(features, torch.randn(2, 8, 24, 24))
+    losses = make_criterion()(outputs, targets)
+    assert len(losses) == 3 * 3  # final + dec_layers - 1 aux outputs
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert decoder.query_feat.weight.grad.abs().sum() > 0
