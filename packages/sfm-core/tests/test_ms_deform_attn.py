@@ -37,7 +37,7 @@ def make_inputs(
 def naive_ms_deform_attn(
     value: torch.Tensor, levels: Levels, locations: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """Point-by-point definition: 4 bilinear corners, pixel centres at (i + 0.5) / size, zeros outside."""
+    """Point by point: 4 bilinear corners, pixel centres at (i + 0.5) / size, zeros outside."""
     batch, queries, heads, _, points, _ = locations.shape
     channels = value.shape[3]
     out = torch.zeros(batch, queries, heads, channels, dtype=value.dtype)

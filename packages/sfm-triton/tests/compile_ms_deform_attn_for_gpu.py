@@ -15,7 +15,7 @@ from sfm_triton.ops import ms_deform_attn as msda
 
 
 def cases() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
-    """(label, kernel, pointer dtypes, specialised constants); autotuned kernels run every config."""
+    """(label, kernel, pointer dtypes, specialised constants); autotuned: every config."""
     ints = {
         "shapes_ptr": "*i64",
         "starts_ptr": "*i64",

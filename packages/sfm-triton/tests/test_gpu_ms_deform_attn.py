@@ -62,7 +62,8 @@ def test_matches_reference(levels: list[tuple[int, int]], dtype: torch.dtype) ->
     got = run(ms_deform_attn, inputs, grad_out.to(dtype))
     expected = run(reference.ms_deform_attn, cast_inputs(inputs, torch.float64), grad_out)
     assert_close(got[0], expected[0].to(dtype), msg="output")
-    for name, grad, wanted in zip(("value", "locations", "weights"), got[1:], expected[1:], strict=True):  # fmt: skip
+    names = ("value", "locations", "weights")
+    for name, grad, wanted in zip(names, got[1:], expected[1:], strict=True):
         assert grad.dtype == dtype
         assert_close_to_scale(grad, wanted.to(dtype), msg=f"grad of {name}")
 

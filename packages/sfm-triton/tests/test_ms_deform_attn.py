@@ -88,7 +88,8 @@ def test_matches_reference(
     assert out.shape == (BATCH, QUERIES, HEADS * CHANNELS)
     assert out.dtype == dtype
     assert_close(out, expected, msg="output")
-    for name, grad, wanted in zip(("value", "locations", "weights"), grads, expected_grads, strict=True):  # fmt: skip
+    names = ("value", "locations", "weights")
+    for name, grad, wanted in zip(names, grads, expected_grads, strict=True):
         assert grad.dtype == dtype
         assert_close_to_scale(grad, wanted, msg=f"grad of {name}")
 

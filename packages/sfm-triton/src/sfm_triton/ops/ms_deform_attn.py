@@ -35,8 +35,8 @@ _CORNERS = tl.constexpr(CORNERS)  # the same, readable inside kernels
 
 # Tiles of 2-8 elements per thread: every point keeps 4 corner loads (and their int64 addresses)
 # live; at 4 per thread the forward needs ~80 registers (sm_90, ptxas), at 8 ~160. The backward's
-# per-query channel sums need more (~145 at 4 per thread; 32x32 on 8 or 16 warps spills). Every config
-# compiles for sm_90 without spills (tests/compile_ms_deform_attn_for_gpu.py).
+# per-query channel sums need more (~145 at 4 per thread; 32x32 on 8 or 16 warps spills). Every
+# config compiles for sm_90 without spills (tests/compile_ms_deform_attn_for_gpu.py).
 _FORWARD_CONFIGS = autotune_configs(
     [
         triton.Config({"BLOCK_Q": 16, "BLOCK_C": 32}, num_warps=4),
