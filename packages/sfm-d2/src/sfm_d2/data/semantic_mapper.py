@@ -102,7 +102,6 @@ class MaskFormerSemanticDatasetMapper:
                 "DatasetMapper(cfg, False) (sfm_d2.data.build_mapper does)"
             )
         self.num_classes, self.ignore_label = check_label_classes(num_classes, ignore_label)
-        self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.size_divisibility = size_divisibility
