@@ -58,8 +58,8 @@ def test_matches_reference(levels: list[tuple[int, int]], dtype: torch.dtype) ->
         BATCH, levels, HEADS, CHANNELS, POINTS, device="cuda"
     )
     inputs = cast_inputs((value, shapes, off_centres(locations, levels), weights), dtype)
-    grad_out = torch.randn(BATCH, value.shape[1], HEADS * CHANNELS, device="cuda")
-    got = run(ms_deform_attn, inputs, grad_out.to(dtype))
+    grad_out = torch.randn(BATCH, value.shape[1], HEADS * CHANNELS, device="cuda").to(dtype)
+    got = run(ms_deform_attn, inputs, grad_out)
     expected = run(reference.ms_deform_attn, cast_inputs(inputs, torch.float64), grad_out)
     assert_close(got[0], expected[0].to(dtype), msg="output")
     names = ("value", "locations", "weights")
