@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import SemSegEvaluator
 from PIL import Image
 
 from sfm_d2.evaluation import (
@@ -265,3 +266,22 @@ def test_two_process_gather_equals_one_process(tmp_path: Path) -> None:
     for key, value in single.items():
         other = gathered["sem_seg"][key]
         assert (math.isnan(value) and other is None) or other == pytest.approx(value), key
+
+
+def test_region_metrics_agree_with_detectron2s_evaluator(tmp_path: Path) -> None:
+    records = _write_case(tmp_path)
+    ours = _evaluate_in_process(tmp_path, records)
+    reference = SemSegEvaluator("sfm_test_eval", distributed=False)
+    reference.reset()
+    for index, record in enumerate(records):
+        pred = np.load(tmp_path / f"{index}_pred.npy")
+        reference.process([record], [{"sem_seg": _scores_of(pred)}])
+    theirs = reference.evaluate()["sem_seg"]
+    for key in (
+        "mIoU",
+        "fwIoU",
+        "mACC",
+        "pACC",
+        *(f"{p}-{c}" for p in ("IoU", "ACC") for c in CLASSES),
+    ):
+        assert ours[key] == pytest.approx(theirs[key], nan_ok=True), key
