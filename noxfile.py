@@ -20,7 +20,14 @@ PYTHON = "3.11"
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "typecheck", "tests-core", "tests-triton", "tests-d2"]
+nox.options.sessions = [
+    "lint",
+    "typecheck",
+    "tests-core",
+    "tests-triton",
+    "tests-d2",
+    "tests-newest",
+]
 
 
 def install(session: nox.Session, *requirements: str) -> None:
@@ -70,13 +77,11 @@ def tests_triton(session: nox.Session) -> None:
 DETECTRON2_WHEEL_SCRIPT = "tools/build_detectron2_wheel.sh"
 
 
-@nox.session(name="tests-d2", python=PYTHON)
-def tests_d2(session: nox.Session) -> None:
-    """sfm-d2 against a real detectron2 (never a mock): missing detectron2 fails, never skips.
+def detectron2_wheel(session: nox.Session) -> str:
+    """Path of the Python-only detectron2 0.6 wheel, built (or found cached) in this session's env.
 
-    detectron2 is not on PyPI: the script builds the Python-only 0.6 wheel from the pinned sdist,
-    cached under .cache/detectron2/ (keyed by the sdist's sha256 and the Python version). Its
-    build runs detectron2's setup.py, which imports torch, so torch goes in first.
+    The build runs detectron2's setup.py, which imports torch, and needs the pinned setuptools and
+    pip (tools/build_detectron2_wheel.sh says why), so those go in first.
     """
     install(session, "torch", "setuptools", "pip")
     python = str(Path(session.bin) / "python")
@@ -85,8 +90,58 @@ def tests_d2(session: nox.Session) -> None:
     )
     wheel = str(output).strip().splitlines()[-1]
     session.log(f"detectron2 wheel: {wheel}")
+    return wheel
+
+
+@nox.session(name="tests-d2", python=PYTHON)
+def tests_d2(session: nox.Session) -> None:
+    """sfm-d2 against a real detectron2 (never a mock): missing detectron2 fails, never skips.
+
+    detectron2 is not on PyPI: the script builds the Python-only 0.6 wheel from the pinned sdist,
+    cached under .cache/detectron2/ (keyed by the sdist's sha256 and the Python version). Its
+    build runs detectron2's setup.py, which imports torch, so torch goes in first.
+    """
+    wheel = detectron2_wheel(session)
     install(session, CORE, f"{D2}[test]", wheel)
     session.run("pytest", "packages/sfm-d2/tests", *session.posargs)
+
+
+# What users get from an unpinned install today. Bounded: sfm-core's tests, the Triton kernels'
+# backend contract and one kernel family, and the sfm-d2 tests that exercise the compatibility
+# layer, multi-process training and one Mask2Former training step.
+NEWEST_TESTS = [
+    "packages/sfm-core/tests",
+    "packages/sfm-triton/tests/test_backend.py",
+    "packages/sfm-triton/tests/test_resample.py",
+    "packages/sfm-d2/tests/test_compat.py",
+    "packages/sfm-d2/tests/test_config.py",
+    "packages/sfm-d2/tests/test_launch.py",
+    "packages/sfm-d2/tests/test_m2f_model.py",
+]
+
+
+@nox.session(name="tests-newest", python=PYTHON)
+def tests_newest(session: nox.Session) -> None:
+    """The newest releases of every dependency (no constraints file), as an unpinned user installs.
+
+    Only the detectron2 wheel is built with the pinned build tools (its sdist cannot be built
+    otherwise); everything is then upgraded to the newest releases, setuptools>=82 included, so
+    detectron2 0.6 runs on sfm_d2.compat's stand-ins. (detectron2's current source is not on a
+    registry: users who build it get the same sfm_d2 code paths, minus the stand-ins.)
+    """
+    session.env["TRITON_INTERPRET"] = "1"
+    session.env["SFM_TRITON_REQUIRE_RUNTIME"] = "1"
+    wheel = detectron2_wheel(session)
+    session.install("--upgrade", "torch", "torchvision", "triton", "setuptools", "numpy", "pillow")
+    session.install("--upgrade", f"{CORE}[test]", f"{TRITON}[test]", f"{D2}[test]", "fvcore", wheel)
+    session.run(
+        "python",
+        "-c",
+        "import numpy, setuptools, torch, triton, torchvision; "
+        "print('newest stack:', *(f'{m.__name__} {m.__version__}' for m in "
+        "(torch, torchvision, triton, numpy, setuptools)))",
+    )
+    session.run("pytest", "-m", "not gpu", *NEWEST_TESTS, *session.posargs)
 
 
 @nox.session(python=False)

@@ -172,13 +172,15 @@ def _saliency_backward_kernel(
         sign_r = 1 - 2 * (r % 2)
         tap_rows = sign_r * rows + (row_first + r // 2) * row_period
         ok_r = row_in & (tap_rows >= -WINDOW) & (tap_rows < H + WINDOW)
-        ok_r = ok_r & ((sign_r == 1) | ((rows != 0) & (rows != H - 1)))
+        if sign_r == -1:  # a branch, not `(sign_r == 1) | mask`: the interpreter of triton>=3.9
+            ok_r = ok_r & (rows != 0) & (rows != H - 1)  # makes that mask int32 and load rejects it
         if tl.max(ok_r.to(tl.int32), axis=0) > 0:
             for c in range(2 * col_images):
                 sign_c = 1 - 2 * (c % 2)
                 tap_cols = sign_c * cols + (col_first + c // 2) * col_period
                 ok_c = col_in & (tap_cols >= -WINDOW) & (tap_cols < W + WINDOW)
-                ok_c = ok_c & ((sign_c == 1) | ((cols != 0) & (cols != W - 1)))
+                if sign_c == -1:
+                    ok_c = ok_c & (cols != 0) & (cols != W - 1)
                 if tl.max(ok_c.to(tl.int32), axis=0) > 0:
                     sum_a = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
                     sum_b = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
