@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from detectron2.config import CfgNode
-from detectron2.modeling import build_backbone
+from detectron2.modeling import build_backbone, build_model
 from torch import nn
 
 from sfm_core.nn import AdaptiveResampling, LocalPixelRelation
@@ -19,6 +20,7 @@ from sfm_d2.engine.solver import (
     warmup_factor,
 )
 
+TINY_MASK2FORMER = Path(__file__).parent / "configs" / "tiny_mask2former.yaml"
 BASE_LR, BACKBONE_MULT, SFM_MULT = 1e-3, 0.1, 2.0
 DECAY, DECAY_NORM, DECAY_EMBED = 0.05, 1e-3, 1e-2
 
@@ -48,6 +50,10 @@ class ToyModel(nn.Module):
 
 @pytest.fixture
 def solver_cfg(cfg: CfgNode) -> CfgNode:
+    return configure_solver(cfg)
+
+
+def configure_solver(cfg: CfgNode) -> CfgNode:
     cfg.SOLVER.BASE_LR = BASE_LR
     cfg.SOLVER.BACKBONE_MULTIPLIER = BACKBONE_MULT
     cfg.MODEL.SFM.LR_MULTIPLIER = SFM_MULT
@@ -301,3 +307,27 @@ def test_build_lr_scheduler_by_name(cfg: CfgNode) -> None:
     assert scheduler.factor(50) == pytest.approx(math.sqrt(0.5))
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
     assert not isinstance(build_lr_scheduler(cfg, optimizer), WarmupPolyLR)
+
+
+def test_lr_multipliers_on_the_sfm_mask2former(cfg: CfgNode) -> None:
+    """The built model: ARS (backbone) and LPRM (head) at the SFM LR, the rest as Mask2Former."""
+    cfg.merge_from_file(str(TINY_MASK2FORMER))
+    solver_cfg = configure_solver(cfg)
+    model = build_model(solver_cfg)
+    settings = settings_by_parameter(parameter_groups(solver_cfg, model))
+    sfm = {
+        id(p): prefix
+        for prefix, module in model.named_modules()
+        if isinstance(module, (AdaptiveResampling, LocalPixelRelation))
+        for p in module.parameters()
+    }
+    assert any(prefix.startswith("backbone.") for prefix in sfm.values())
+    assert any(prefix.startswith("sem_seg_head.") for prefix in sfm.values())
+    for name, parameter in model.named_parameters():
+        if id(parameter) in sfm:
+            expected = BASE_LR * SFM_MULT
+        elif name.startswith("backbone."):
+            expected = BASE_LR * BACKBONE_MULT
+        else:
+            expected = BASE_LR
+        assert settings[id(parameter)][0] == pytest.approx(expected), name

@@ -1,0 +1,61 @@
+"""Register the datasets a config names, before train_net builds any loader.
+
+sfm_d2 provides four families: the built-in fine-detail dataset, a quick (tiny) copy of it for
+smoke tests and ``quick_schedules/``, and ADE20K and Cityscapes from ``$DETECTRON2_DATASETS``
+(sfm_d2's validating loaders replace detectron2's builtins of the same names).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from sfm_d2.data import finedetail, register_ade20k, register_cityscapes
+
+ADE20K_NAMES = ("ade20k_sem_seg_train", "ade20k_sem_seg_val")
+CITYSCAPES_NAMES = ("cityscapes_fine_sem_seg_train", "cityscapes_fine_sem_seg_val")
+# The quick copy: 64 px images, 16 train / 8 val, in its own cache folder (seconds to generate).
+QUICK_FINEDETAIL_NAMES = {
+    "train": "sfm_finedetail_quick_train",
+    "val": "sfm_finedetail_quick_val",
+}
+QUICK_FINEDETAIL = {"size": 64, "num_train": 16, "num_val": 8}
+
+
+def _load_quick_finedetail(split: str) -> list[dict[str, Any]]:
+    folder = finedetail.ensure_finedetail(**QUICK_FINEDETAIL, progress=False)
+    return finedetail.load_finedetail(folder, split)
+
+
+def register_quick_finedetail() -> None:
+    """Register ``sfm_finedetail_quick_{train,val}`` (idempotent); generated on first use."""
+    for split, name in QUICK_FINEDETAIL_NAMES.items():
+        if name in DatasetCatalog.list():
+            continue
+        DatasetCatalog.register(name, functools.partial(_load_quick_finedetail, split))
+        MetadataCatalog.get(name).set(
+            stuff_classes=list(finedetail.CLASSES),
+            stuff_colors=[list(color) for color in finedetail.COLORS],
+            ignore_label=finedetail.IGNORE_LABEL,
+            evaluator_type="sem_seg",
+        )
+
+
+def register_datasets(cfg: CfgNode) -> None:
+    """Register those of ``cfg.DATASETS.TRAIN/TEST`` that sfm_d2 provides (cheap: no file I/O).
+
+    Other names must already be registered, e.g. with
+    :func:`sfm_d2.data.register_semantic_dataset`.
+    """
+    names = set(cfg.DATASETS.TRAIN) | set(cfg.DATASETS.TEST)
+    if names & set(finedetail.DATASET_NAMES.values()):
+        finedetail.register_finedetail()
+    if names & set(QUICK_FINEDETAIL_NAMES.values()):
+        register_quick_finedetail()
+    if names & set(ADE20K_NAMES):
+        register_ade20k()
+    if names & set(CITYSCAPES_NAMES):
+        register_cityscapes()
