@@ -157,3 +157,35 @@ def test_norm_layer_reaches_the_generator() -> None:
     assert any(isinstance(m, nn.GroupNorm) for m in ars.modules())
     out = ars(torch.randn(1, 8, 5, 6))  # batch 1 trains fine without BatchNorm
     assert out.features.shape == (1, 8, 5, 6)
+
+
+@pytest.mark.parametrize("generator", GENERATORS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_input_pixel_makes_that_image_nan_and_leaves_the_others(
+    generator: str, bad: float
+) -> None:
+    """The contract of the NaN test in eval mode: training-mode BatchNorm mixes the batch."""
+    torch.manual_seed(3)
+    ars = AdaptiveResampling(8, generator=generator).eval()
+    nudge(ars)
+    x = torch.randn(3, 8, 11, 10)
+    clean = ars(x)
+    broken = x.clone()
+    broken[2, 5, 7, 1] = bad
+    out = ars(broken)
+    assert out.features[2].isnan().all()
+    assert out.grid[2].isnan().all()
+    for name in ("features", "grid", "logits"):
+        assert torch.equal(getattr(out, name)[:2], getattr(clean, name)[:2]), name
+
+
+def test_a_nan_image_stays_alone_in_training_with_a_per_image_norm() -> None:
+    ars = AdaptiveResampling(8, norm_layer=lambda c: nn.GroupNorm(1, c)).train()
+    nudge(ars)
+    x = torch.randn(2, 8, 9, 9)
+    clean = ars(x).features
+    broken = x.clone()
+    broken[0, 0, 0, 0] = float("nan")
+    out = ars(broken).features
+    assert out[0].isnan().all()
+    assert torch.equal(out[1], clean[1])

@@ -15,6 +15,7 @@ from sfm_core.nn import (
     PyramidAttention,
     build_attention_generator,
 )
+from sfm_core.nn.generators import BoxAverage
 
 
 def count(module: nn.Module) -> int:
@@ -126,3 +127,21 @@ def test_bad_arguments_raise_naming_them() -> None:
     for bad in (0, -4, 2.5, True):
         with pytest.raises(ValueError, match="channels"):
             build_attention_generator("avg-lhpf-psp", bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 1, 1), (1, 3, 1, 6), (2, 4, 2, 3), (2, 16, 19, 23)])
+def test_box_average_is_average_pooling_without_the_padding(shape: tuple[int, ...]) -> None:
+    x = torch.randn(shape)
+    expected = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    torch.testing.assert_close(BoxAverage()(x), expected, rtol=0, atol=1e-6)
+
+
+def test_pyramid_attention_in_float32_is_its_definition_within_rounding() -> None:
+    """The projection is pushed inside the pyramid branches: same logits up to fp32 rounding."""
+    torch.manual_seed(2)
+    generator = PyramidAttention(24).eval()
+    randomize(generator)
+    x = torch.randn(2, 24, 17, 15)
+    y = generator.high_pass(generator.smooth(x))
+    expected = generator.project(generator.context(y))
+    torch.testing.assert_close(generator(x), expected, rtol=1e-5, atol=1e-5)

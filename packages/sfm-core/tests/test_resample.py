@@ -78,3 +78,25 @@ def test_gradcheck() -> None:
 def test_bad_input(x: torch.Tensor, grid: torch.Tensor, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         resample(x, grid)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_grid_point_samples_nan_and_passes_no_gradient(bad: float) -> None:
+    x = torch.randn(2, 3, 6, 7, requires_grad=True)
+    grid = (torch.rand(2, 5, 4, 2) * 1.8 - 0.9).requires_grad_()
+    broken = grid.detach().clone()
+    broken[1, 2, 3, 0] = bad  # one coordinate of one point of the second image
+    broken.requires_grad_()
+    out = resample(x, broken)
+    assert out[1, :, 2, 3].isnan().all()
+    clean = F.grid_sample(x, grid, "bilinear", "border", align_corners=False)
+    pixel = torch.zeros(2, 1, 5, 4, dtype=torch.bool)
+    pixel[1, 0, 2, 3] = True
+    assert torch.equal(out.masked_fill(pixel, 0), clean.masked_fill(pixel, 0))
+    # Gradients: those of grid_sample with the broken point's output left out of the loss.
+    weights = torch.randn_like(clean).masked_fill(pixel, 0)
+    grad_x, grad_grid = torch.autograd.grad((out.nan_to_num() * weights).sum(), (x, broken))
+    expected_x, expected_grid = torch.autograd.grad((clean * weights).sum(), (x, grid))
+    torch.testing.assert_close(grad_x, expected_x)
+    assert torch.equal(grad_grid[1, 2, 3], torch.zeros(2))
+    torch.testing.assert_close(grad_grid, expected_grid.masked_fill(pixel[:, 0, ..., None], 0))

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sfm_core.functional import saliency_grid
+from sfm_core.functional.saliency import correlate
 
 
 def identity_grid(batch: int, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -119,3 +120,27 @@ def test_gradient_reaches_logits_through_the_grid() -> None:
 def test_bad_input(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         saliency_grid(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_logit_makes_that_image_all_nan_and_leaves_the_others(bad: float) -> None:
+    logits = torch.randn(3, 1, 12, 9) * 2
+    clean = saliency_grid(logits)
+    broken = logits.clone()
+    broken[1, 0, 4, 6] = bad
+    grid = saliency_grid(broken)
+    assert grid[1].isnan().all()  # pinned border included: nothing of that image is trusted
+    assert torch.equal(grid[[0, 2]], clean[[0, 2]])
+
+
+def test_correlate_has_the_gradients_of_conv2d() -> None:
+    """The separable passes' own backward (a forward convolution) against conv2d's autograd."""
+    x = torch.randn(3, 1, 9, 14, dtype=torch.float64, requires_grad=True)
+    taps = torch.randn(1, 1, 1, 5, dtype=torch.float64)
+    out = correlate(x, taps)
+    torch.testing.assert_close(out, F.conv2d(x, taps), rtol=0, atol=0)
+    weights = torch.randn_like(out)
+    (grad,) = torch.autograd.grad((out * weights).sum(), x)
+    (expected,) = torch.autograd.grad((F.conv2d(x, taps) * weights).sum(), x)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-12)
+    assert torch.autograd.gradgradcheck(lambda t: correlate(t, taps.transpose(-1, -2)), (x,))

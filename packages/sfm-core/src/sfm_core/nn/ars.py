@@ -28,6 +28,12 @@ class AdaptiveResampling(nn.Module):
     (constant logits give the identity grid). The grid is not detached: the task loss reaches the
     generator through the bilinear resampling.
 
+    Non-finite input stays visible: an image whose logits hold a NaN or infinity (which any NaN
+    or infinity in its features produces) gets an all-NaN grid and all-NaN features, and the other
+    images of the batch are bit-identical to a run without it. That holds whenever the generator
+    treats images separately: in eval mode, or in training with a per-image ``norm_layer``
+    (training-mode BatchNorm shares its batch statistics, and with them the NaN).
+
     Args:
         channels: input channels ``C``.
         generator: one of ``"avg-lhpf-psp"`` (default), ``"avg-psp"``, ``"conv"``.
