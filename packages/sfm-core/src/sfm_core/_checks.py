@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -47,8 +48,13 @@ def check_same_batch(**tensors: torch.Tensor) -> None:
         raise ValueError(f"batch sizes must agree, got {listing}")
 
 
+# Sizes, counts and lengths above this are refused before torch sees them (it would overflow or
+# try to allocate exabytes): 2**31 - 1, the largest index a 32-bit kernel can address.
+MAX_INT = 2**31 - 1
+
+
 def check_size(name: str, value: object) -> tuple[int, int]:
-    """Return ``value`` as ``(height, width)`` of positive ints, else raise."""
+    """Return ``value`` as ``(height, width)`` of positive ints (at most ``MAX_INT``), else raise."""
     if (
         not isinstance(value, Sequence)
         or len(value) != 2
@@ -56,17 +62,47 @@ def check_size(name: str, value: object) -> tuple[int, int]:
     ):
         raise TypeError(f"{name} must be a (height, width) pair of ints, got {value!r}")
     height, width = value
-    if height < 1 or width < 1:
-        raise ValueError(f"{name} must be positive, got {value!r}")
+    if height < 1 or width < 1 or height > MAX_INT or width > MAX_INT:
+        raise ValueError(f"{name} must be positive and at most {MAX_INT}, got {value!r}")
     return int(height), int(width)
 
 
-def check_positive(name: str, value: object, *, integer: bool = False) -> None:
-    """Raise unless ``value`` is a positive number (a positive int when ``integer``)."""
+def check_positive(
+    name: str, value: object, *, integer: bool = False, maximum: float | None = None
+) -> None:
+    """Raise unless ``value`` is a finite positive number (an int when ``integer``) <= ``maximum``.
+
+    Ints are bounded by ``MAX_INT`` when no ``maximum`` is given; NaN and infinities are refused.
+    """
     wanted = int if integer else int | float
-    if isinstance(value, bool) or not isinstance(value, wanted) or value <= 0:
-        kind = "a positive int" if integer else "a positive number"
+    kind = "a positive int" if integer else "a positive number"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, wanted)
+        or (isinstance(value, float) and not math.isfinite(value))
+        or value <= 0
+    ):
         raise ValueError(f"{name} must be {kind}, got {value!r}")
+    limit = maximum if maximum is not None else (MAX_INT if isinstance(value, int) else None)
+    if limit is not None and value > limit:
+        raise ValueError(f"{name} must be {kind} at most {limit}, got {value!r}")
+
+
+def check_nonempty_map(name: str, value: torch.Tensor, shape_hint: str) -> None:
+    """Raise unless the last two (spatial) sizes of ``value`` are at least 1.
+
+    An empty batch or channel axis gives an empty result; a map without pixels has nothing to
+    sample, filter or normalise, so it is refused here instead of deep inside torch.
+    """
+    if value.shape[-2] < 1 or value.shape[-1] < 1:
+        raise ValueError(f"{name} must have H, W >= 1 {shape_hint}, got shape {tuple(value.shape)}")
+
+
+def check_is_tensor(**values: object) -> None:
+    """Raise a TypeError naming the first argument that is not a tensor (before any dispatch)."""
+    for name, value in values.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

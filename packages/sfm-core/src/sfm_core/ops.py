@@ -2,7 +2,8 @@
 
 Use these (the :mod:`sfm_core.nn` modules do); :mod:`sfm_core.functional` is the reference that
 never dispatches. ``backend`` is ``"reference"``, ``"auto"`` (default) or a plug-in name such as
-``"triton"``; the ``SFM_BACKEND`` environment variable sets the default.
+``"triton"``; the ``SFM_BACKEND`` environment variable sets the default. Arguments that are not
+tensors are refused here, before dispatch, with the reference's TypeError.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from sfm_core import functional as reference
+from sfm_core._checks import check_is_tensor
 from sfm_core.backends import implementation, plugins
 
 plugins()  # load plug-ins now, outside any compiled region
@@ -24,12 +26,14 @@ def saliency_grid(
     backend: str | None = None,
 ) -> torch.Tensor:
     """See :func:`sfm_core.functional.saliency_grid`."""
+    check_is_tensor(logits=logits)
     run = implementation("saliency_grid", logits.device, backend, reference.saliency_grid)
     return run(logits, window=window, fwhm=fwhm, s_min=s_min)  # type: ignore[no-any-return]
 
 
 def resample(x: torch.Tensor, grid: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """See :func:`sfm_core.functional.resample`."""
+    check_is_tensor(x=x, grid=grid)
     run = implementation("resample", x.device, backend, reference.resample)
     return run(x, grid)  # type: ignore[no-any-return]
 
@@ -42,6 +46,7 @@ def nonuniform_upsample(
     backend: str | None = None,
 ) -> torch.Tensor:
     """See :func:`sfm_core.functional.nonuniform_upsample`."""
+    check_is_tensor(z=z, positions=positions)
     run = implementation("nonuniform_upsample", z.device, backend, reference.nonuniform_upsample)
     return run(z, positions, size)  # type: ignore[no-any-return]
 
@@ -50,6 +55,7 @@ def lprm_aggregate(
     v: torch.Tensor, logits: torch.Tensor, dilation: int, *, backend: str | None = None
 ) -> torch.Tensor:
     """See :func:`sfm_core.functional.lprm_aggregate`."""
+    check_is_tensor(v=v, logits=logits)
     run = implementation("lprm_aggregate", v.device, backend, reference.lprm_aggregate)
     return run(v, logits, dilation)  # type: ignore[no-any-return]
 
@@ -63,6 +69,12 @@ def ms_deform_attn(
     backend: str | None = None,
 ) -> torch.Tensor:
     """See :func:`sfm_core.functional.ms_deform_attn`."""
+    check_is_tensor(
+        value=value,
+        spatial_shapes=spatial_shapes,
+        sampling_locations=sampling_locations,
+        attention_weights=attention_weights,
+    )
     run = implementation("ms_deform_attn", value.device, backend, reference.ms_deform_attn)
     out: torch.Tensor = run(value, spatial_shapes, sampling_locations, attention_weights)
     return out
