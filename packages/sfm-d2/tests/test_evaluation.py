@@ -18,10 +18,10 @@ from PIL import Image
 
 from sfm_d2.evaluation import (
     SFMSemSegEvaluator,
+    boundary_band,
     boundary_iou,
     boundary_statistics,
     confusion_matrix,
-    inner_boundary,
     region_scores,
     sem_seg_results,
 )
@@ -105,9 +105,11 @@ def test_boundary_iou_by_hand() -> None:
     pred_band_0 = (
         {(r, 1) for r in range(5)} | {(0, c) for c in (2, 3, 4)} | {(4, c) for c in (2, 3, 4)}
     )
-    bands = inner_boundary(torch.stack([gt == 0, gt == 1, pred == 0, pred == 1]), width=1)
-    for band, expected in zip(bands, (gt_band_0, gt_band_1, pred_band_0, pred_band_1), strict=True):
-        assert torch.equal(band, _mask(expected))
+    gt_band, pred_band = boundary_band(gt, width=1), boundary_band(pred, width=1)
+    assert torch.equal(gt_band & (gt == 0), _mask(gt_band_0))
+    assert torch.equal(gt_band & (gt == 1), _mask(gt_band_1))
+    assert torch.equal(pred_band & (pred == 0), _mask(pred_band_0))
+    assert torch.equal(pred_band & (pred == 1), _mask(pred_band_1))
 
     stats = boundary_statistics(pred, gt, num_classes=3, width=1)
     assert stats.tolist() == [[8, 4, 0], [16 + 11 - 8, 8 + 7 - 4, 0]]
@@ -140,6 +142,33 @@ def test_boundary_width_and_ignored_pixels() -> None:
     # col 3 (6 pixels) is predicted 0. IoU 0 = 17 / (17 + 23 - 17), IoU 1 = 12 / (18 + 12 - 12).
     assert results["IoU-a"] == pytest.approx(100 * 17 / 23)
     assert results["IoU-b"] == pytest.approx(100 * 12 / 18)
+
+
+def _band_by_erosion(mask: np.ndarray, unknown: np.ndarray, width: int) -> np.ndarray:
+    """The definition, pixel by pixel: in the mask, and some known non-mask pixel in the window."""
+    band = np.zeros_like(mask)
+    for y, x in zip(*np.nonzero(mask & ~unknown), strict=True):
+        window = np.s_[max(0, y - width) : y + width + 1, max(0, x - width) : x + width + 1]
+        band[y, x] = (~mask[window] & ~unknown[window]).any()
+    return band
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_boundary_statistics_follow_the_per_class_definition(width: int) -> None:
+    generator = torch.Generator().manual_seed(width)
+    coarse = torch.randint(0, 4, (5, 6), generator=generator)
+    gt = coarse.repeat_interleave(4, 0).repeat_interleave(3, 1)[:19, :17].clone()
+    gt[torch.rand(gt.shape, generator=generator) < 0.05] = IGN
+    pred = torch.where(torch.rand(gt.shape, generator=generator) < 0.8, gt, 1)
+    pred = torch.where(pred == IGN, 2, pred)
+    unknown = (gt == IGN).numpy()
+    expected = np.zeros((2, 5), np.int64)
+    for c in range(5):
+        gt_band = _band_by_erosion((gt == c).numpy(), unknown, width)
+        pred_band = _band_by_erosion((pred == c).numpy(), unknown, width)
+        expected[:, c] = (gt_band & pred_band).sum(), (gt_band | pred_band).sum()
+    assert expected[1, :4].min() > 0
+    assert boundary_statistics(pred, gt, 5, width=width).tolist() == expected.tolist()
 
 
 def test_a_uniform_map_has_no_boundary() -> None:

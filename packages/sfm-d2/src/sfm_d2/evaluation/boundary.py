@@ -19,8 +19,6 @@ import torch.nn.functional as F
 
 from sfm_d2.evaluation.confusion import check_label_maps
 
-_CHUNK_PIXELS = 1 << 24  # class masks handled at once: about 64 MB of float32
-
 
 def _check_width(width: object) -> int:
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
@@ -28,24 +26,39 @@ def _check_width(width: object) -> int:
     return width
 
 
-def inner_boundary(
-    masks: torch.Tensor, width: int, unknown: torch.Tensor | None = None
-) -> torch.Tensor:
-    """bool [N, H, W]: the pixels of each mask within ``width`` px (chessboard) of its contour.
+def _window_max(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Max over the (2*width+1)^2 square around each pixel of [H, W]; beyond the frame is ignored.
 
-    ``unknown`` (bool [H, W]) marks pixels that count as inside every mask for the erosion and
-    are never part of a band. Outside the image counts as inside too.
+    Two 1-D passes (the square is separable); max_pool2d's implicit padding never wins.
+    """
+    size = 2 * width + 1
+    rows = F.max_pool2d(x[None, None], (1, size), stride=1, padding=(0, width))
+    return F.max_pool2d(rows, (size, 1), stride=1, padding=(width, 0))[0, 0]
+
+
+def boundary_band(
+    labels: torch.Tensor, width: int, unknown: torch.Tensor | None = None
+) -> torch.Tensor:
+    """bool [H, W]: pixels within ``width`` px (chessboard) of a pixel with another label.
+
+    Each marked pixel lies in the inner band of its own label, so ``band & (labels == c)`` is
+    the band of class c: the class mask minus its erosion by the (2*width+1) square. Pixels in
+    ``unknown`` (bool [H, W]) count as any label: they make no contour and are never marked.
+    Computed on the label map at once (not per class): a pixel is near another label iff the
+    window's maximum is above its own or the window's minimum below it.
     """
     width = _check_width(width)
-    if not isinstance(masks, torch.Tensor) or masks.dim() != 3 or masks.dtype != torch.bool:
-        raise ValueError(f"masks must be a bool tensor [N, H, W], got {masks!r}")
-    solid = masks if unknown is None else masks | unknown
-    outside = (~solid).to(torch.float32).unsqueeze(1)
-    # Dilating the complement erodes the mask; max_pool2d's implicit padding is never the max,
-    # so pixels beyond the frame never reach in.
-    near_outside = F.max_pool2d(outside, 2 * width + 1, stride=1, padding=width).squeeze(1) > 0
-    band = masks & near_outside
-    return band if unknown is None else band & ~unknown
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or labels.dtype.is_floating_point:
+        raise ValueError(f"labels must be an integer tensor [H, W], got {labels!r}")
+    # float32 holds integer ids exactly up to 2**24
+    dtype = (
+        torch.float32 if labels.numel() == 0 or int(labels.abs().max()) < 2**24 else torch.float64
+    )
+    values = labels.to(dtype)
+    hidden = torch.zeros_like(labels, dtype=torch.bool) if unknown is None else unknown
+    higher = _window_max(values.masked_fill(hidden, float("-inf")), width) > values
+    lower = _window_max((-values).masked_fill(hidden, float("-inf")), width) > -values
+    return (higher | lower) & ~hidden
 
 
 def boundary_statistics(
@@ -57,24 +70,23 @@ def boundary_statistics(
 ) -> torch.Tensor:
     """int64 [2, K]: per class, |band(GT) ∩ band(pred)| (row 0) and |band(GT) ∪ band(pred)| (row 1).
 
-    Only classes present (outside ignored pixels) in ``pred`` or ``gt`` can have a band; the
-    others get zeros. Sum these over images, then :func:`boundary_iou`.
+    Sum these over images, then :func:`boundary_iou`.
     """
     check_label_maps(pred, gt, num_classes, ignore_label)
     width = _check_width(width)
     pred = pred.to(gt.device)
     unknown = gt == ignore_label
-    known = ~unknown
-    present = torch.unique(torch.cat([pred[known], gt[known]])).to(torch.int64)
-    stats = torch.zeros(2, num_classes, dtype=torch.int64)
-    per_chunk = max(1, _CHUNK_PIXELS // max(1, gt.numel()))
-    for classes in present.split(per_chunk):
-        ids = classes.view(-1, 1, 1)
-        gt_band = inner_boundary(gt.unsqueeze(0) == ids, width, unknown)
-        pred_band = inner_boundary(pred.unsqueeze(0) == ids, width, unknown)
-        stats[0, classes.cpu()] = (gt_band & pred_band).sum(dim=(1, 2)).cpu()
-        stats[1, classes.cpu()] = (gt_band | pred_band).sum(dim=(1, 2)).cpu()
-    return stats
+    gt_band = boundary_band(gt, width, unknown)
+    pred_band = boundary_band(pred, width, unknown)
+    # a pixel is in both bands of class c only if both maps say c there
+    both = gt_band & pred_band & (gt == pred)
+    intersection = torch.bincount(gt[both], minlength=num_classes)
+    union = (
+        torch.bincount(gt[gt_band], minlength=num_classes)
+        + torch.bincount(pred[pred_band], minlength=num_classes)
+        - intersection
+    )
+    return torch.stack([intersection, union]).to(torch.int64).cpu()
 
 
 def boundary_iou(stats: torch.Tensor) -> torch.Tensor:
