@@ -23,7 +23,7 @@ from PIL import Image
 import sfm_d2  # noqa: F401  (its compatibility layer runs before detectron2 is imported)
 
 # isort: split
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
@@ -50,7 +50,8 @@ def _sum_over_processes(*counts: torch.Tensor) -> tuple[torch.Tensor, ...]:
 class SFMSemSegEvaluator(DatasetEvaluator):  # type: ignore[misc]
     """mIoU, fwIoU, mACC, pACC, per-class IoU/ACC and boundary IoU of ``dataset_name``.
 
-    Ground truth comes from each input's ``sem_seg_file_name`` at its original size; the model's
+    Ground truth comes from the dataset's ``sem_seg_file_name`` at its original size, looked up by
+    the input's ``file_name`` (detectron2's test-time mapper drops ``sem_seg_file_name``); the model's
     ``outputs[i]["sem_seg"]`` ([K, H, W] scores) is reduced by argmax. ``boundary_width`` is the
     band width in pixels (see :mod:`sfm_d2.evaluation.boundary`). Like detectron2's evaluators,
     only the main process returns results when ``distributed``; the others return None.
@@ -83,6 +84,10 @@ class SFMSemSegEvaluator(DatasetEvaluator):  # type: ignore[misc]
         self._distributed = distributed
         self._output_dir = output_dir
         self._boundary_width = boundary_width
+        self._gt_files = {
+            record["file_name"]: record.get("sem_seg_file_name")
+            for record in DatasetCatalog.get(dataset_name)
+        }
         self.reset()
 
     def reset(self) -> None:
@@ -105,7 +110,11 @@ class SFMSemSegEvaluator(DatasetEvaluator):  # type: ignore[misc]
                     f"got {tuple(scores.shape)}"
                 )
             pred = scores.argmax(dim=0).cpu()
-            path = record["sem_seg_file_name"]
+            path = record.get("sem_seg_file_name") or self._gt_files.get(record["file_name"])
+            if path is None:
+                raise ValueError(
+                    f"no sem_seg_file_name for input {record['file_name']} in {self._dataset_name}"
+                )
             gt = self._read_gt(path)
             if gt.shape != pred.shape:
                 raise ValueError(
