@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.jit._trace import is_tracing
 
 from sfm_core._checks import (
     check_nonempty_map,
@@ -45,4 +46,8 @@ def resample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     out = F.grid_sample(
         x.to(dtype), safe.to(dtype), mode="bilinear", padding_mode="border", align_corners=False
     )
-    return out.masked_fill_(~finite.view(out.shape[0], 1, *out.shape[2:]), float("nan")).to(x.dtype)
+    # The mask costs a pass over the output: skipped in eager mode when the grid is all finite
+    # (a host sync; traced and compiled graphs always apply it, they cannot branch on data).
+    if is_tracing() or torch.compiler.is_compiling() or not bool(finite.all()):
+        out = out.masked_fill_(~finite.view(out.shape[0], 1, *out.shape[2:]), float("nan"))
+    return out.to(x.dtype)
