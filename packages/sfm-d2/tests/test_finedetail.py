@@ -193,6 +193,8 @@ def test_a_root_holding_something_else_is_refused(tmp_path: Path) -> None:
     (tmp_path / "y" / "mine.txt").write_text("not a dataset")
     with pytest.raises(ValueError, match="is not a fine-detail dataset"):
         ensure_finedetail(tmp_path / "y", progress=False, **SMALL)
+    (tmp_path / "z").mkdir()  # an empty folder is fine
+    assert (ensure_finedetail(tmp_path / "z", progress=False, **SMALL) / "meta.json").is_file()
 
 
 @pytest.mark.parametrize(
