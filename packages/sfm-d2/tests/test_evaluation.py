@@ -281,6 +281,8 @@ def test_evaluator_refuses_mismatched_outputs(tmp_path: Path) -> None:
         evaluator.process([records[0]], [{"sem_seg": torch.zeros(3, 9, 11)}])
     with pytest.raises(ValueError, match=r"0\.png"):
         evaluator.process([records[0]], [{"sem_seg": torch.zeros(4, 5, 5)}])
+    with pytest.raises(ValueError, match=r"no sem_seg_file_name for input elsewhere\.jpg"):
+        evaluator.process([{"file_name": "elsewhere.jpg"}], [{"sem_seg": torch.zeros(4, 9, 11)}])
     with pytest.raises(ValueError, match="boundary_width must be a positive int"):
         SFMSemSegEvaluator("sfm_test_eval", boundary_width=0)
 

@@ -84,15 +84,24 @@ class SFMSemSegEvaluator(DatasetEvaluator):  # type: ignore[misc]
         self._distributed = distributed
         self._output_dir = output_dir
         self._boundary_width = boundary_width
-        self._gt_files = {
-            record["file_name"]: record.get("sem_seg_file_name")
-            for record in DatasetCatalog.get(dataset_name)
-        }
+        self._gt_files: dict[str, str] | None = None  # read from DatasetCatalog when first needed
         self.reset()
 
     def reset(self) -> None:
         self._confusion = torch.zeros(self._num_classes, self._num_classes, dtype=torch.int64)
         self._boundary = torch.zeros(2, self._num_classes, dtype=torch.int64)
+
+    def _gt_file_of(self, file_name: str) -> str:
+        """The label file of an image, from the dataset's records (the test mapper drops it)."""
+        if self._gt_files is None:
+            self._gt_files = {
+                record["file_name"]: record["sem_seg_file_name"]
+                for record in DatasetCatalog.get(self._dataset_name)
+                if "sem_seg_file_name" in record
+            }
+        if file_name not in self._gt_files:
+            raise ValueError(f"no sem_seg_file_name for input {file_name} in {self._dataset_name}")
+        return self._gt_files[file_name]
 
     def _read_gt(self, path: str) -> torch.Tensor:
         with PathManager.open(path, "rb") as handle:
@@ -110,11 +119,7 @@ class SFMSemSegEvaluator(DatasetEvaluator):  # type: ignore[misc]
                     f"got {tuple(scores.shape)}"
                 )
             pred = scores.argmax(dim=0).cpu()
-            path = record.get("sem_seg_file_name") or self._gt_files.get(record["file_name"])
-            if path is None:
-                raise ValueError(
-                    f"no sem_seg_file_name for input {record['file_name']} in {self._dataset_name}"
-                )
+            path = record.get("sem_seg_file_name") or self._gt_file_of(record["file_name"])
             gt = self._read_gt(path)
             if gt.shape != pred.shape:
                 raise ValueError(
