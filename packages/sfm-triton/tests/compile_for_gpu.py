@@ -18,6 +18,7 @@ from typing import Any
 
 import triton
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 
 from sfm_triton.ops import resample, saliency
@@ -40,7 +41,9 @@ def signature(fn: Any, pointers: dict[str, str], constants: dict[str, Any]) -> d
 
 def ptxas_report(ptx: str) -> tuple[int, int]:
     """(registers, spill store bytes) from ptxas -v."""
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    # The ptxas Triton itself uses for this arch: triton>=3.9 emits PTX that only its newer
+    # bundled ptxas (ptxas-blackwell) accepts for sm_90.
+    ptxas = get_ptxas(ARCH).path
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as handle:
         handle.write(ptx)
     try:
