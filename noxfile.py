@@ -173,6 +173,17 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_nonuniform_upsample.py", *session.posargs)
 
 
+@nox.session(name="bench-ars", python=PYTHON)
+def bench_ars(session: nox.Session) -> None:
+    """CPU benchmark: ARS's time and FLOP overhead in timm backbones (not a default session).
+
+    Prints one table and writes benchmarks/results/ars_overhead_cpu.json; options go after
+    ``--`` (e.g. ``nox -s bench-ars -- --repeats 9``).
+    """
+    install(session, CORE, "timm")
+    session.run("python", "benchmarks/bench_ars_overhead.py", *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def soak(session: nox.Session) -> None:
     """1,000 CPU training iterations of the SFM quick model; resident memory must stay flat.
