@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 from sfm_core.analysis.plots import (
     GRID_GID,
+    LOGITS_LABEL,
     NYQUIST_GID,
+    SALIENCY_LABEL,
     plot_saliency,
     plot_sampling_grid,
     plot_spectrum,
@@ -67,14 +70,70 @@ def test_sampling_grid_of_a_real_saliency_grid() -> None:
     assert len(lines.get_segments()) == 40
 
 
-def test_saliency_with_and_without_the_image() -> None:
+def colorbar_label(figure: Figure) -> str:
+    (bar,) = [axes for axes in figure.axes if axes.get_label() == "<colorbar>"]
+    return str(bar.get_ylabel())
+
+
+def test_saliency_alone_shows_its_values_with_a_labelled_colour_bar() -> None:
     saliency = torch.rand(1, 1, 9, 11)
-    alone = plot_saliency(saliency)
-    assert len(alone.axes) == 2  # the map and its colour bar
-    shown = alone.axes[0].get_images()[0].get_array()
+    figure = plot_saliency(saliency)
+    assert len(figure.axes) == 2  # the map and its colour bar
+    shown = figure.axes[0].get_images()[0].get_array()
     torch.testing.assert_close(torch.from_numpy(shown.data), saliency[0, 0].double())
-    beside = plot_saliency(saliency[0], image=torch.rand(3, 9, 11), title="s")
-    assert len(beside.axes) == 3
+    assert colorbar_label(figure) == SALIENCY_LABEL
+
+
+def test_logits_are_labelled_as_logits_not_saliency() -> None:
+    figure = plot_saliency(torch.randn(9, 11), logits=True)
+    assert colorbar_label(figure) == LOGITS_LABEL
+    assert "saliency" not in colorbar_label(figure)
+
+
+def test_saliency_is_blended_over_the_whole_image(tmp_path: Path) -> None:
+    """A 9 x 11 saliency map over a 36 x 44 image: stretched to the image's edges, alpha 0.4."""
+    path = tmp_path / "overlay.png"
+    figure = plot_saliency(
+        torch.rand(9, 11), image=torch.rand(3, 36, 44), alpha=0.4, title="s", path=path
+    )
+    axes = figure.axes[0]
+    background, overlay = axes.get_images()
+    assert background.get_array().shape == (36, 44)  # the image, in grey
+    assert overlay.get_array().shape == (9, 11)
+    assert overlay.get_alpha() == 0.4
+    assert overlay.get_extent() == [-0.5, 43.5, 35.5, -0.5]
+    assert axes.get_title() == "s"
+    assert colorbar_label(figure) == SALIENCY_LABEL
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_plot_draws_into_the_axes_it_is_given(tmp_path: Path) -> None:
+    from matplotlib.figure import Figure as MatplotlibFigure
+
+    figure = MatplotlibFigure(figsize=(12, 4))
+    left, middle, right = figure.subplots(1, 3)
+    image = torch.rand(16, 16)
+    assert plot_spectrum(torch.randn(2, 16, 16), ax=left) is figure
+    assert plot_sampling_grid(image, identity_grid(8, 8), ax=middle) is figure
+    assert (
+        plot_saliency(torch.rand(8, 8), image=image, ax=right, path=tmp_path / "all.png") is figure
+    )
+    assert len(figure.axes) == 4  # the three, plus the saliency's colour bar
+    assert any(line.get_gid() == NYQUIST_GID for line in left.get_lines())
+    assert [c.get_gid() for c in middle.collections] == [GRID_GID]
+    assert len(right.get_images()) == 2
+    assert (tmp_path / "all.png").stat().st_size > 0
+
+
+def test_the_grid_and_the_spectrum_have_legends() -> None:
+    grid_figure = plot_sampling_grid(torch.rand(16, 16), identity_grid(8, 8), step=2)
+    legend = grid_figure.axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["sampling grid (1 line in 2)"]
+    spectrum = plot_spectrum({"before ARS": torch.randn(4, 16, 16)}, stride=2).axes[0]
+    texts = [text.get_text() for text in spectrum.get_legend().get_texts()]
+    assert texts == ["before ARS", "Nyquist 1/(2·2)"]
+    assert spectrum.get_xlabel()
+    assert spectrum.get_ylabel()
 
 
 def test_missing_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,7 +162,8 @@ def test_missing_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> 
             ValueError,
             "step must be a positive int",
         ),
-        (lambda: plot_saliency(torch.rand(2, 4, 4)), ValueError, "saliency must be a 2-D"),
+        (lambda: plot_saliency(torch.rand(2, 4, 4)), ValueError, "values must be a 2-D"),
+        (lambda: plot_saliency(torch.rand(4, 4), alpha=0), ValueError, "alpha must be"),
     ],
 )
 def test_bad_input(call: object, error: type[Exception], match: str) -> None:

@@ -1,8 +1,11 @@
 """Figures of the analysis: spectra with the Nyquist line, a sampling grid over its image, saliency.
 
-matplotlib is an optional extra (``pip install 'sfm-core[plot]'``), imported on first use. The
-figures are drawn on an Agg canvas without pyplot, so no global backend state is touched. Every
-function returns the :class:`~matplotlib.figure.Figure` and also saves it when given ``path``.
+matplotlib is an optional extra (``pip install 'sfm-core[plot]'``), imported on first use. Every
+function draws into ``ax=`` when given one (so figures can be composed, with pyplot or without);
+otherwise into a new figure on an Agg canvas, without pyplot, so no global backend state is
+touched. Every function returns the :class:`~matplotlib.figure.Figure` it drew on and also saves
+it when given ``path``. Each plot says what it shows: axis labels and a legend, or a colour bar
+whose label names the quantity (attention logits are not saliency).
 """
 
 from __future__ import annotations
@@ -24,9 +27,18 @@ NYQUIST_GID = "nyquist"  # the gid of the Nyquist line, to find it in a figure
 GRID_GID = "sampling-grid"  # the gid of the grid's line collection
 
 SavePath = str | PathLike[str] | None
+SALIENCY_LABEL = "saliency S = exp(A − max A)"
+LOGITS_LABEL = "attention logits A"
 
 
-def _new_figure(columns: int = 1, *, width: float = 4.8, height: float = 3.6) -> Figure:
+def _axes(ax: Axes | None, *, width: float = 4.8, height: float = 3.6) -> Axes:
+    """``ax``, or the axes of a new figure of ``width`` x ``height`` inches."""
+    if ax is not None:
+        return ax
+    return _new_figure(width=width, height=height).add_subplot()
+
+
+def _new_figure(*, width: float = 4.8, height: float = 3.6) -> Figure:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -34,16 +46,24 @@ def _new_figure(columns: int = 1, *, width: float = 4.8, height: float = 3.6) ->
         raise ImportError(
             "sfm_core.analysis.plots needs matplotlib: pip install 'sfm-core[plot]'"
         ) from error
-    figure = Figure(figsize=(width * columns, height), layout="constrained")
+    figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
 
-def _finish(figure: Figure, title: str | None, path: SavePath) -> Figure:
+def _finish(axes: Axes, title: str | None, path: SavePath) -> Figure:
+    figure = _figure_of(axes)
     if title:
-        figure.suptitle(title)
+        axes.set_title(title)
     if path is not None:
         figure.savefig(path, dpi=150)
+    return figure
+
+
+def _figure_of(axes: Axes) -> Figure:
+    """The top-level figure ``axes`` belongs to (also when it sits in a subfigure)."""
+    figure = axes.get_figure(root=True)
+    assert figure is not None
     return figure
 
 
@@ -54,6 +74,7 @@ def plot_spectrum(
     bins: int | None = None,
     title: str | None = None,
     path: SavePath = None,
+    ax: Axes | None = None,
 ) -> Figure:
     """Radially averaged power spectra (log power vs cycles/pixel) with the Nyquist line.
 
@@ -65,8 +86,7 @@ def plot_spectrum(
     named = {"feature map": maps} if isinstance(maps, torch.Tensor) else dict(maps)
     if not named:
         raise ValueError("maps must hold at least one feature map")
-    figure = _new_figure()
-    axes = figure.add_subplot()
+    axes = _axes(ax)
     for label, features in named.items():
         frequencies, power = radial_power_spectrum(features, bins=bins)
         if power.dim() == 2:
@@ -83,7 +103,7 @@ def plot_spectrum(
     axes.set_xlabel("normalized frequency (cycles/pixel)")
     axes.set_ylabel("power (channel mean)")
     axes.legend(loc="best", fontsize="small")
-    return _finish(figure, title, path)
+    return _finish(axes, title, path)
 
 
 def _image_array(image: torch.Tensor, name: str) -> torch.Tensor:
@@ -114,6 +134,7 @@ def plot_sampling_grid(
     step: int = 4,
     title: str | None = None,
     path: SavePath = None,
+    ax: Axes | None = None,
 ) -> Figure:
     """Where ARS samples: every ``step``-th row and column of ``grid`` drawn over ``image``.
 
@@ -140,36 +161,57 @@ def plot_sampling_grid(
     rows = sorted({*range(0, xy.shape[0], step), xy.shape[0] - 1})
     cols = sorted({*range(0, xy.shape[1], step), xy.shape[1] - 1})
     lines = [xy[i].numpy() for i in rows] + [xy[:, j].numpy() for j in cols]
-    figure = _new_figure(width=4.8, height=4.8 * height / width)
+    axes = _axes(ax, width=4.8, height=4.8 * height / width)
     from matplotlib.collections import LineCollection  # available once the figure exists
 
-    axes = figure.add_subplot()
     _show_image(axes, pixels)
-    axes.add_collection(LineCollection(lines, colors="cyan", linewidths=0.8, gid=GRID_GID))
+    label = "sampling grid" if step == 1 else f"sampling grid (1 line in {step})"
+    axes.add_collection(
+        LineCollection(lines, colors="cyan", linewidths=0.8, gid=GRID_GID, label=label)
+    )
     axes.set_xlim(-0.5, width - 0.5)
     axes.set_ylim(height - 0.5, -0.5)
-    return _finish(figure, title, path)
+    axes.legend(loc="upper right", fontsize="small")
+    return _finish(axes, title, path)
 
 
 def plot_saliency(
-    saliency: torch.Tensor,
+    values: torch.Tensor,
     *,
+    logits: bool = False,
     image: torch.Tensor | None = None,
+    alpha: float = 0.5,
     title: str | None = None,
     path: SavePath = None,
+    ax: Axes | None = None,
 ) -> Figure:
-    """A saliency (or attention) map with its colour bar; the image beside it when given.
+    """A saliency map, or the attention logits, with a labelled colour bar; over ``image`` if given.
 
-    ``saliency`` is ``[H, W]``, ``[1, H, W]`` or ``[1, 1, H, W]``, shown with its own values.
+    ``values`` is ``[H, W]``, ``[1, H, W]`` or ``[1, 1, H, W]``, shown with its own values. ARS's
+    generator outputs attention logits ``A`` (``Resampled.logits``): pass them with
+    ``logits=True`` to label them so, or plot the saliency the sampler uses,
+    ``torch.exp(A - A.max()).clamp_min(s_min)``, with ``logits=False`` (the default). With
+    ``image`` (``[H', W']``, ``[C, H', W']`` or ``[1, C, H', W']``, ``C`` 1 or 3) the map is
+    stretched over the whole image and blended on top of it with opacity ``alpha``.
     """
-    while saliency.dim() > 2 and saliency.shape[0] == 1:
-        saliency = saliency[0]
-    check_tensor("saliency", saliency, ndim=2, shape_hint="[H, W], [1, H, W] or [1, 1, H, W]")
-    figure = _new_figure(2 if image is not None else 1)
-    if image is not None:
-        _show_image(figure.add_subplot(1, 2, 1), _image_array(image, "image"))
-    axes = figure.add_subplot(1, 2, 2) if image is not None else figure.add_subplot()
-    shown = axes.imshow(saliency.detach().to(torch.float64).cpu().numpy(), cmap="magma")
+    while values.dim() > 2 and values.shape[0] == 1:
+        values = values[0]
+    check_tensor("values", values, ndim=2, shape_hint="[H, W], [1, H, W] or [1, 1, H, W]")
+    if not isinstance(alpha, int | float) or not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in (0, 1], got {alpha!r}")
+    shown = values.detach().to(torch.float64).cpu().numpy()
+    if image is None:
+        axes = _axes(ax)
+        mappable = axes.imshow(shown, cmap="magma")
+    else:
+        pixels = _image_array(image, "image")
+        height, width = pixels.shape[:2]
+        axes = _axes(ax, width=4.8, height=4.8 * height / width)
+        _show_image(axes, pixels.mean(-1) if pixels.dim() == 3 else pixels)
+        extent = (-0.5, width - 0.5, height - 0.5, -0.5)  # the image's pixel edges
+        mappable = axes.imshow(shown, cmap="magma", alpha=alpha, extent=extent)
     axes.set_axis_off()
-    figure.colorbar(shown, ax=axes, shrink=0.85, label="saliency")
-    return _finish(figure, title, path)
+    _figure_of(axes).colorbar(
+        mappable, ax=axes, shrink=0.85, label=LOGITS_LABEL if logits else SALIENCY_LABEL
+    )
+    return _finish(axes, title, path)
