@@ -125,8 +125,12 @@ def test_jit_trace_and_fvcore_count() -> None:
     plain = fvcore.FlopCountAnalysis(TwoLevel().eval(), x)
     counted.unsupported_ops_warnings(False)
     plain.unsupported_ops_warnings(False)
-    # The ARS generators' convolutions come on top of the plain model's.
+    # The ARS generators' convolutions come on top of the plain model's, and fvcore counts the
+    # resampling of both sites (4 MACs per output value, as sfm_core.flops counts it).
     assert counted.total() > plain.total() > 0
+    sites = [((2, 2, 20, 28), (2, 20, 28, 2)), ((2, 2, 10, 14), (2, 10, 14, 2))]
+    expected = sum(resample_macs(x_shape, g_shape) for x_shape, g_shape in sites)
+    assert counted.by_operator()["grid_sampler"] == expected
 
 
 def test_compile_fullgraph_and_the_trace_of_the_compiled_call() -> None:

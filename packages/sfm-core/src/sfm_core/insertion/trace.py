@@ -31,7 +31,9 @@ class Trace(NamedTuple):
     ``levels`` has the structure of the model's output (a list for timm's ``features_only``, a
     dict for torchvision's ``IntermediateLayerGetter``, ...) with each 4-D map replaced by its
     positions ``[B, 2, h, w]`` (the positions of the last site it depends on, resized to its size;
-    the uniform lattice before the first site) and every other leaf by ``None``.
+    the uniform lattice before the first site) and every other leaf by ``None``. ``levels`` is
+    ``None`` when the output has no leaf structure the dry run saw (or no wrapper call ran).
+    4-D maps are read in the sites' layout.
     """
 
     sites: tuple[SiteTrace, ...]
@@ -114,10 +116,7 @@ class Recorder:
             return None
         leaves, spec = tree_flatten(self.output)
         if len(leaves) != len(self.level_sites):
-            raise RuntimeError(
-                f"the last call returned {len(leaves)} tensors where example_input gave "
-                f"{len(self.level_sites)}: positions per level follow example_input's structure"
-            )
+            return None  # not the structure the dry run saw: which site precedes what is unknown
         by_name = {site.name: site.positions for site in traced}
         levels = [
             self._level(leaf, by_name.get(name) if name is not None else None)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.jit._trace import is_tracing
 
 from sfm_core._checks import check_tensor
 from sfm_core.insertion.dry_run import dry_run, submodule
@@ -51,7 +52,7 @@ class _SiteHook:
         features = given.permute(0, 3, 1, 2) if layout == "nhwc" else given
         # Under torch.jit.trace sizes are traced tensors: comparing them would record a constant
         # (and warn); the dry run has checked the channels already.
-        if not torch.jit.is_tracing() and features.shape[1] != self.ars.channels:
+        if not is_tracing() and features.shape[1] != self.ars.channels:
             raise ValueError(
                 f"input of {name!r} must have {self.ars.channels} channels {hint}, "
                 f"got shape {tuple(given.shape)}"
