@@ -109,6 +109,19 @@ def tests_d2(session: nox.Session) -> None:
     )
 
 
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The README's main command: baseline vs SFM Mask2Former on the built-in fine-detail dataset.
+
+    Installs as tests-d2 (plus matplotlib for the figures), trains both models on the CPU and
+    writes ``report/`` (another folder: ``nox -s demo -- --output DIR``; every option of
+    ``projects/SFM-Mask2Former/tools/demo.py`` goes after ``--``). Not a default session.
+    """
+    wheel = detectron2_wheel(session)
+    install(session, f"{CORE}[plot]", D2, wheel)
+    session.run("python", "projects/SFM-Mask2Former/tools/demo.py", *session.posargs)
+
+
 # What users get from an unpinned install today. Bounded: sfm-core's tests, the Triton kernels'
 # backend contract and one kernel family, and the sfm-d2 tests that exercise the compatibility
 # layer, multi-process training and one Mask2Former training step.
