@@ -22,11 +22,13 @@ QUICK_FINEDETAIL_NAMES = {
     "train": "sfm_finedetail_quick_train",
     "val": "sfm_finedetail_quick_val",
 }
-QUICK_FINEDETAIL = {"size": 64, "num_train": 16, "num_val": 8}
+QUICK_SIZE, QUICK_NUM_TRAIN, QUICK_NUM_VAL = 64, 16, 8
 
 
 def _load_quick_finedetail(split: str) -> list[dict[str, Any]]:
-    folder = finedetail.ensure_finedetail(**QUICK_FINEDETAIL, progress=False)
+    folder = finedetail.ensure_finedetail(
+        size=QUICK_SIZE, num_train=QUICK_NUM_TRAIN, num_val=QUICK_NUM_VAL, progress=False
+    )
     return finedetail.load_finedetail(folder, split)
 
 

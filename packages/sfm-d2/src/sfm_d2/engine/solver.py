@@ -132,10 +132,10 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     if not groups:
         raise ValueError("model has no trainable parameters (all have requires_grad=False)")
     optimizer_type: type[torch.optim.Optimizer]
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"lr": cfg.SOLVER.BASE_LR}
     if name == "SGD":
         optimizer_type = torch.optim.SGD
-        kwargs = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
+        kwargs.update(momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV)
     else:
         optimizer_type = torch.optim.AdamW
     clip = cfg.SOLVER.CLIP_GRADIENTS
@@ -148,7 +148,7 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
         optimizer_type = with_full_model_clipping(optimizer_type, clip.CLIP_VALUE, clip.NORM_TYPE)
     else:
         optimizer_type = maybe_add_gradient_clipping(cfg, optimizer_type)
-    return optimizer_type(groups, lr=cfg.SOLVER.BASE_LR, **kwargs)
+    return optimizer_type(groups, **kwargs)
 
 
 def warmup_factor(method: str, iteration: int, warmup_iters: int, factor: float) -> float:
@@ -215,11 +215,11 @@ class WarmupPolyLR(torch.optim.lr_scheduler._LRScheduler):
             poly = max(poly, self.constant_ending)
         return warmup * poly
 
-    def get_lr(self) -> list[float]:  # type: ignore[override]
+    def get_lr(self) -> list[float | torch.Tensor]:
         factor = self.factor(self.last_epoch)
         return [base_lr * factor for base_lr in self.base_lrs]
 
-    def _get_closed_form_lr(self) -> list[float]:
+    def _get_closed_form_lr(self) -> list[float | torch.Tensor]:
         return self.get_lr()
 
 
