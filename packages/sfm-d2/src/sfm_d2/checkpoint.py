@@ -23,12 +23,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
 from sfm_core.nn import AdaptiveResampling
+from sfm_d2.engine.checkpointer import SFMCheckpointer
 from sfm_d2.modeling.backbone.convnext import SFMConvNeXt
 from sfm_d2.modeling.backbone.swin import SFMSwinTransformer
+from sfm_d2.safe_load import load_checkpoint_dict
 
 ARCHS = ("swin", "convnext")
 AUTHOR = "sfm_d2.checkpoint"
@@ -242,15 +243,10 @@ def key_report(model: nn.Module, checkpoint: Mapping[str, Any]) -> KeyReport:
 
 def read_converted(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``"model"`` entries of a file written by :func:`save_converted` (.pth or .pkl)."""
-    if str(path).endswith(".pkl"):
-        with open(path, "rb") as file:  # detectron2 itself unpickles .pkl weights the same way
-            payload = pickle.load(file, encoding="latin1")
-    else:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    return dict(payload["model"])
+    return dict(load_checkpoint_dict(path)["model"])  # numpy/tensors only (sfm_d2.safe_load)
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike[str]) -> KeyReport:
     """Load a converted file into ``model`` with detectron2's checkpointer; report the keys."""
-    DetectionCheckpointer(model).load(str(path), checkpointables=[])
+    SFMCheckpointer(model).load(str(path), checkpointables=[])
     return key_report(model, read_converted(path))

@@ -10,7 +10,6 @@ import argparse
 from typing import Any
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser as detectron2_argument_parser
 from detectron2.engine import default_setup
@@ -19,6 +18,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from sfm_d2.config import load_config
+from sfm_d2.engine.checkpointer import SFMCheckpointer
 from sfm_d2.engine.datasets import register_datasets
 from sfm_d2.engine.trainer import SFMTrainer
 from sfm_d2.launch import launch
@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> Any:
     register_datasets(cfg)
     if args.eval_only:
         model = SFMTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SFMCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = SFMTrainer.test(cfg, model)

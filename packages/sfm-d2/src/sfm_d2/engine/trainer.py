@@ -14,13 +14,13 @@ from detectron2.config import CfgNode
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
-    build_detection_train_loader,
 )
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import DatasetEvaluator
 from torch import nn
 
 from sfm_d2.data import build_mapper
+from sfm_d2.engine.resumable import ResumableTrainerMixin
 from sfm_d2.engine.solver import build_lr_scheduler, build_optimizer
 from sfm_d2.evaluation import SFMSemSegEvaluator
 
@@ -32,19 +32,20 @@ SEMANTIC_EVALUATOR_TYPES = ("sem_seg", "cityscapes_sem_seg")
 logger = logging.getLogger(__name__)
 
 
-class SFMTrainer(DefaultTrainer):  # type: ignore[misc]
+class SFMTrainer(ResumableTrainerMixin, DefaultTrainer):  # type: ignore[misc]
     """Trains and evaluates SFM models (``SFMMaskFormer`` and any detectron2 semantic model).
 
     * train data: the mapper named by ``INPUT.DATASET_MAPPER_NAME`` (:func:`sfm_d2.data.build_mapper`);
     * test data: detectron2's ``DatasetMapper`` (whole images after the test resize);
     * evaluation: :class:`~sfm_d2.evaluation.SFMSemSegEvaluator` for semantic datasets; each
       evaluation writes ``OUTPUT_DIR/inference/<dataset>/sem_seg_evaluation.json``;
-    * optimizer / LR schedule: :mod:`sfm_d2.engine.solver`.
+    * optimizer / LR schedule: :mod:`sfm_d2.engine.solver`;
+    * checkpoints and resume: :mod:`sfm_d2.engine.resumable` (exact resume, atomic files).
     """
 
     @classmethod
-    def build_train_loader(cls, cfg: CfgNode) -> Any:
-        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
+    def build_train_loader(cls, cfg: CfgNode, start_iter: int = 0) -> Any:
+        return cls.resumable_loader(cfg, build_mapper(cfg, is_train=True), start_iter)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Any:
