@@ -307,6 +307,36 @@ def test_entered_below_the_wrapper_the_sites_still_warp() -> None:
     torch.testing.assert_close(sites[0].positions, compose_positions(start, sites[0].grid))
 
 
+class WithHead(nn.Module):
+    """A backbone with a head that a method replaces (like timm's reset_classifier)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = TinyResNet()
+        self.head = nn.Linear(20, 3)
+
+    def reset_head(self, classes: int) -> None:
+        self.head = nn.Linear(20, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x)[-1].mean(dim=(2, 3)))
+
+
+def test_children_replaced_through_the_wrapper_stay_in_step() -> None:
+    sites = [f"body.{name}" for name in RESNET_SITES]
+    wrapper = insert_ars(WithHead(), sites, example_input=torch.randn(1, 3, 32, 32)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    wrapper.reset_head(5)  # a method of the model, reached through the wrapper
+    assert wrapper(x).shape == (2, 5)
+    assert wrapper.head is wrapper.model.head
+    assert tuple(wrapper.state_dict()["head.weight"].shape) == (5, 20)
+    wrapper.head = nn.Linear(20, 7)  # an attribute set on the wrapper reaches the model
+    assert wrapper(x).shape == (2, 7)
+    assert wrapper.model.head is wrapper.head
+    assert [name for name, _ in wrapper.named_children()] == ["body", "head", "sfm_ars"]
+    assert any(parameter is wrapper.head.weight for parameter in wrapper.parameters())
+
+
 @pytest.mark.parametrize("kind", ["channels_last", "batch_one"])
 def test_non_contiguous_input_and_batch_one(kind: str) -> None:
     _, wrapper = build("resnet")

@@ -12,6 +12,7 @@ traces it as plain attribute work).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -77,7 +78,8 @@ class SFMModel(nn.Module):
     Loading: a state dict with none of the ARS keys (the original model's weights) loads, also
     with ``strict=True``, and leaves the ARS as they are (the identity when fresh); one with only
     some of them is reported as usual. Attributes the wrapper lacks (``feature_info``,
-    ``forward_features``, ...) are read from ``model``; its methods run ARS at the sites too.
+    ``forward_features``, ...) are read from ``model``; its methods run ARS at the sites too, and
+    children set through the wrapper (or by a method called through it) are set on ``model``.
     """
 
     def __init__(
@@ -131,15 +133,24 @@ class SFMModel(nn.Module):
         self.sfm_ars._register_load_state_dict_pre_hook(_keep_ars_without_keys, with_module=True)
 
     def _share(self, model: nn.Module) -> None:
-        """Register ``model``'s children, parameters and buffers here: the same keys, no prefix."""
+        """Register ``model``'s children, parameters and buffers here: the same keys, no prefix.
+
+        Parameters and buffers share the model's own dicts; children are mirrored, and mirrored
+        again after every attribute set or method call that goes through the wrapper (so
+        ``wrapped.fc = ...`` or timm's ``wrapped.reset_classifier(10)`` stay in step).
+        """
         object.__setattr__(self, "_sfm_model", model)  # not a child: its keys get no prefix
-        for name, child in model._modules.items():
-            self._modules[name] = child
-        for name, parameter in model._parameters.items():
-            self._parameters[name] = parameter
-        for name, buffer in model._buffers.items():
-            self._buffers[name] = buffer
-        self._non_persistent_buffers_set |= model._non_persistent_buffers_set
+        self.__dict__["_parameters"] = model._parameters
+        self.__dict__["_buffers"] = model._buffers
+        self.__dict__["_non_persistent_buffers_set"] = model._non_persistent_buffers_set
+        self._mirror_children()
+
+    def _mirror_children(self) -> None:
+        ars = self._modules.get(ARS_PREFIX)
+        self._modules.clear()
+        self._modules.update(self.model._modules)
+        if ars is not None:
+            self._modules[ARS_PREFIX] = ars
 
     @property
     def model(self) -> nn.Module:
@@ -173,7 +184,31 @@ class SFMModel(nn.Module):
         except AttributeError:
             if name.startswith("__") or "_sfm_model" not in self.__dict__:
                 raise
-            return getattr(self.__dict__["_sfm_model"], name)
+        attribute = getattr(self.__dict__["_sfm_model"], name)
+        if not callable(attribute) or isinstance(attribute, nn.Module):
+            return attribute
+        method = attribute
+
+        @functools.wraps(method)
+        def in_step(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._mirror_children()
+
+        return in_step
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        model = self.__dict__.get("_sfm_model")
+        if (
+            model is not None
+            and name != ARS_PREFIX
+            and (isinstance(value, nn.Module) or name in model._modules)
+        ):
+            setattr(model, name, value)  # the model's forward must see it
+            self._mirror_children()
+            return
+        super().__setattr__(name, value)
 
 
 def _keep_ars_without_keys(
