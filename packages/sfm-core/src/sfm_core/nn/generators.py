@@ -49,7 +49,7 @@ class BoxAverage(nn.Module):
         channels, height, width = x.shape[1:]
         ones = torch.ones(channels, 1, 3, 3, dtype=x.dtype, device=x.device)
         total = F.conv2d(x, ones, padding=1, groups=channels)
-        return total / (_inside(height, total).unsqueeze(-1) * _inside(width, total))
+        return total.div_(_inside(height, total).unsqueeze(-1) * _inside(width, total))
 
 
 def _inside(length: int, like: torch.Tensor) -> torch.Tensor:
@@ -76,7 +76,10 @@ class LearnableHighPass(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lowpass = torch.softmax(self.weight, dim=1).view(self.channels, 1, 3, 3).to(x.dtype)
-        return 2.0 * x - F.conv2d(x, lowpass, padding=1, groups=self.channels)
+        # One depthwise pass with the kernel 2δ − lowpass (same values up to fp32 rounding).
+        kernel = -lowpass
+        kernel[:, :, 1, 1] += 2.0
+        return F.conv2d(x, kernel, padding=1, groups=self.channels)
 
 
 class PyramidContext(nn.Module):
