@@ -68,7 +68,7 @@ def test_positions_carry_no_gradient() -> None:
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda: identity_positions(0, 3, 3), ValueError, "batch must be a positive int"),
+        (lambda: identity_positions(-1, 3, 3), ValueError, "batch must be an int in"),
         (
             lambda: identity_positions(1, 3, 3, dtype=torch.int32),
             TypeError,

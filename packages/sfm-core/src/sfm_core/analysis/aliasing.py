@@ -105,7 +105,7 @@ def aliasing_ratio(
     multiplicity = column_multiplicity(width, device)
     ratios = torch.zeros(batch.shape[0], dtype=torch.float64, device=device)
     for number, image in enumerate(batch):  # one image at a time bounds memory
-        density = half_plane_power(image)
+        density = half_plane_power(image, normalized=True)  # ratios are scale-free
         if spectrum == "amplitude":
             density = density.sqrt()
         density = density * multiplicity

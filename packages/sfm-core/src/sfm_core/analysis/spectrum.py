@@ -12,6 +12,9 @@ import torch
 
 from sfm_core._checks import check_positive, check_tensor
 
+# More rings than this only adds empty (NaN) rings, and would allocate without bound.
+MAX_BINS = 1 << 20
+
 
 def as_image_batch(x: object, name: str = "x") -> tuple[torch.Tensor, bool]:
     """``x`` as a finite ``[B, C, H, W]`` tensor, and whether it came as one ``[C, H, W]`` image."""
@@ -28,12 +31,18 @@ def as_image_batch(x: object, name: str = "x") -> tuple[torch.Tensor, bool]:
     return batch, single
 
 
-def half_plane_power(image: torch.Tensor) -> torch.Tensor:
+def half_plane_power(image: torch.Tensor, *, normalized: bool = False) -> torch.Tensor:
     """Per-channel power ``|FFT2|^2 / (H W)`` of one ``[C, H, W]`` image on the rfft half plane.
 
     Returns ``[C, H, W // 2 + 1]`` float64; the DC term and every constant channel are zero.
+    The image is first scaled by a power of two (exact) so that its largest magnitude is in
+    ``[0.5, 1)``: squaring neither overflows nor underflows. ``normalized`` returns the power
+    of that scaled image (enough for ratios); otherwise the scale is put back, which can
+    overflow to infinity for magnitudes beyond ~1e154.
     """
     data = image.to(torch.float64)
+    exponent = torch.frexp(data.abs().amax()).exponent
+    data = torch.ldexp(data, -exponent)
     centred = data - data.mean(dim=(-2, -1), keepdim=True)
     # A channel whose deviation from its mean is at float64 rounding level is constant.
     deviation = centred.abs().amax(dim=(-2, -1))
@@ -42,7 +51,7 @@ def half_plane_power(image: torch.Tensor) -> torch.Tensor:
     power: torch.Tensor = torch.fft.rfft2(centred, norm="ortho").abs().square()
     power[..., 0, 0] = 0.0
     power[constant] = 0.0
-    return power
+    return power if normalized else torch.ldexp(power, 2 * exponent)
 
 
 def column_multiplicity(width: int, device: torch.device) -> torch.Tensor:
@@ -83,6 +92,7 @@ def radial_power_spectrum(
         x: ``[C, H, W]`` or ``[B, C, H, W]`` feature map(s), finite, any floating dtype.
         bins: number of rings; default ``min(H, W) // 2`` (at least 1), for which no ring is
             empty (``w`` is at least the frequency spacing). A ring with no frequency gets NaN.
+            At most ``MAX_BINS``.
 
     Returns:
         ``frequencies`` ``[bins]`` (ring centres ``w, 2w, ..., 0.5``, cycles/pixel) and
@@ -93,7 +103,7 @@ def radial_power_spectrum(
     height, width = batch.shape[-2:]
     if bins is None:
         bins = max(1, min(height, width) // 2)
-    check_positive("bins", bins, integer=True)
+    check_positive("bins", bins, integer=True, maximum=MAX_BINS)
     device = batch.device
     ky, kx = frequency_indices(height, width, device)
     radius = torch.sqrt((ky / height).square() + (kx / width).square())
@@ -107,5 +117,10 @@ def radial_power_spectrum(
     for image, total in zip(batch, totals, strict=True):  # one image at a time bounds memory
         total.index_add_(0, ring, (half_plane_power(image).mean(0) * weight).flatten())
     power_per_ring = totals / counts  # an empty ring gives 0 / 0 = NaN
+    if bool(torch.isinf(power_per_ring).any()):
+        raise ValueError(
+            f"x is too large: values up to {float(batch.abs().amax()):.3g} give a power spectrum "
+            "beyond float64's range; scale x down (aliasing_ratio is scale-free)"
+        )
     frequencies = torch.arange(1, bins + 1, dtype=torch.float64, device=device) * (0.5 / bins)
     return frequencies, power_per_ring[0] if single else power_per_ring

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sfm_core._checks import (
+    check_nonempty_map,
     check_same_batch,
     check_same_device,
     check_size,
@@ -31,6 +32,8 @@ _CANDIDATE_CHUNK = 1 << 17
 _GATHER_BLOCK = 2048
 # Barycentric slack (float64): a pixel centre on a shared edge must land in at least one triangle.
 _INSIDE_TOL = 1e-9
+# Positions are clamped to +-_FAR image sizes before rasterizing (no overflow in pixel units).
+_FAR = float(2**20)
 
 
 def _triangles(height: int, width: int, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
@@ -60,8 +63,11 @@ def rasterize(positions: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Ten
         size: target ``(Ho, Wo)``; target pixel ``(i, j)`` sits at ``((j + .5)/Wo, (i + .5)/Ho)``.
 
     Returns:
-        ``index`` ``[B, Ho, Wo, 3]`` (int64, flat ``h * w`` ids) and ``weights`` ``[B, Ho, Wo, 3]``
-        (float32, float64 for float64 positions; each row sums to 1). Not differentiable.
+        ``index`` ``[B, Ho, Wo, 3]`` (int64, flat ``h * w`` ids, always in ``[0, h * w)``) and
+        ``weights`` ``[B, Ho, Wo, 3]`` (float32, float64 for float64 positions; each row sums to
+        1). An image with a NaN or infinite position has no mesh: its indices are 0 and its
+        weights NaN, so :func:`gather` gives NaN for that image only. Batch 0 gives empty
+        tensors. Not differentiable.
     """
     check_positions(positions)
     out_h, out_w = check_size("size", size)
@@ -69,16 +75,27 @@ def rasterize(positions: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Ten
     device = positions.device
     # Rasterization decides containment, so it runs in float64 whatever the input precision.
     pos = positions.detach().to(torch.float64)
+    broken = ~torch.isfinite(pos).flatten(1).all(dim=1)
+    # Broken images are rasterized as a harmless lattice and overwritten below; far-out finite
+    # points are pulled in to +-2**20 images, so pixel units cannot overflow float64.
+    pos = torch.where(broken.view(-1, 1, 1, 1), 0.5, pos).clamp(-_FAR, _FAR)
     px, py = pos[:, 0] * out_w, pos[:, 1] * out_h  # target pixel units
     index = torch.zeros(batch * out_h * out_w, VERTICES, dtype=torch.int64, device=device)
     weights = torch.zeros(batch * out_h * out_w, VERTICES, dtype=torch.float64, device=device)
     covered = torch.zeros(batch * out_h * out_w, dtype=torch.bool, device=device)
+    if batch == 0:
+        return index.view(batch, out_h, out_w, VERTICES), weights.view(
+            batch, out_h, out_w, VERTICES
+        ).to(compute_dtype(positions.dtype))
     if height > 1 and width > 1:
         _fill_triangles(px, py, (height, width), (out_h, out_w), index, weights, covered)
     _fill_nearest(px, py, (out_h, out_w), index, weights, covered)
     out_dtype = compute_dtype(positions.dtype)
     shape = (batch, out_h, out_w, VERTICES)
-    return index.view(shape), weights.to(out_dtype).view(shape)
+    index, weights = index.view(shape), weights.view(shape)
+    index.masked_fill_(broken.view(-1, 1, 1, 1), 0)
+    weights.masked_fill_(broken.view(-1, 1, 1, 1), math.nan)
+    return index, weights.to(out_dtype)
 
 
 def _fill_triangles(
@@ -256,9 +273,11 @@ def gather(z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch
     """``y(k, p) = sum_t weights(p, t) * z(k, index(p, t))``: ``[B, K, h, w] -> [B, K, Ho, Wo]``.
 
     Differentiable in ``z`` and ``weights`` (first order: the embedding bag it runs on has no
-    double backward); computed in at least float32, returned in ``z.dtype``.
+    double backward); computed in at least float32, returned in ``z.dtype``. ``B``, ``K``,
+    ``Ho`` or ``Wo`` of 0 give an empty result; ``z`` needs ``h, w >= 1``.
     """
     check_tensor("z", z, ndim=4, shape_hint="[B, K, h, w]")
+    check_nonempty_map("z", z, "([B, K, h, w])")
     check_tensor("index", index, ndim=4, floating=False, shape_hint="[B, Ho, Wo, 3]")
     check_tensor("weights", weights, ndim=4, shape_hint="[B, Ho, Wo, 3]")
     check_same_device(z=z, index=index, weights=weights)
@@ -277,8 +296,10 @@ def gather(z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch
     out_h, out_w = index.shape[1:3]
     pixels = out_h * out_w
     dtype = compute_dtype(torch.promote_types(z.dtype, weights.dtype))
-    if pixels == 0:
-        return z.new_zeros(batch, channels, out_h, out_w)
+    if pixels == 0 or batch == 0 or channels == 0:
+        # Through the graph, so that an empty result still has a gradient path to z and weights.
+        empty = z.new_zeros(batch, channels, out_h, out_w)
+        return empty + 0 * (z.sum() + weights.to(z.dtype).sum())
     # A weighted bag of 3 rows of a channels-last table per pixel; done in blocks of pixels so
     # that turning each block back to channels-first is a cache-sized copy (2x faster on CPU
     # than three channel-first torch.gather calls; the sums are the same, in the same order).
@@ -306,6 +327,8 @@ def nonuniform_upsample(
     """Demodulate ``z`` ``[B, K, h, w]`` sampled at ``positions`` ``[B, 2, h, w]`` onto ``size``.
 
     Piecewise-linear interpolation on the lattice's own triangles; gradient flows to ``z`` only.
+    Batch 0 or ``K`` = 0 give an empty ``[B, K, *size]``; ``h, w`` must be at least 1. An image
+    with a non-finite position comes out all NaN; the other images are unaffected.
     """
     check_tensor("z", z, ndim=4, shape_hint="[B, K, h, w]")
     check_positions(positions)

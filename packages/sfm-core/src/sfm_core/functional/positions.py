@@ -11,11 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from sfm_core._checks import (
+    MAX_INT,
+    check_nonempty_map,
     check_positive,
     check_same_batch,
     check_same_device,
     check_size,
     check_tensor,
+    compute_dtype,
 )
 from sfm_core.functional.resample import check_grid
 
@@ -27,7 +30,18 @@ def check_positions(positions: torch.Tensor, name: str = "positions") -> torch.T
         raise ValueError(
             f"{name} must have 2 channels (x, y) ([B, 2, h, w]), got shape {tuple(positions.shape)}"
         )
+    check_nonempty_map(name, positions, "([B, 2, h, w])")
     return positions
+
+
+def finest_lattice(dtype: torch.dtype) -> int:
+    """The widest lattice whose pixel centres ``(j + 0.5) / W`` stay distinct in ``dtype``.
+
+    Centres lie in ``(0, 1)``, where the spacing of ``dtype`` is at most ``eps / 2``: 2048 for
+    float16, 256 for bfloat16 (wider lattices would have coincident points, hence degenerate
+    triangles in :func:`~sfm_core.functional.rasterize`).
+    """
+    return int(2 / torch.finfo(dtype).eps)
 
 
 def identity_positions(
@@ -38,15 +52,27 @@ def identity_positions(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Positions of a uniform ``height x width`` lattice: pixel centres, ``[batch, 2, h, w]``."""
-    check_positive("batch", batch, integer=True)
+    """Positions of a uniform ``height x width`` lattice: pixel centres, ``[batch, 2, h, w]``.
+
+    ``batch`` 0 gives an empty ``[0, 2, h, w]``. A lattice too fine for a half-precision ``dtype``
+    (see :func:`finest_lattice`) is refused: its points would coincide.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 0 <= batch <= MAX_INT:
+        raise ValueError(f"batch must be an int in [0, {MAX_INT}], got {batch!r}")
     check_positive("height", height, integer=True)
     check_positive("width", width, integer=True)
     dtype = dtype or torch.get_default_dtype()
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
-    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
-    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    if max(height, width) > finest_lattice(dtype):
+        raise ValueError(
+            f"a {height}x{width} lattice is too fine for {dtype} positions (at most "
+            f"{finest_lattice(dtype)} per side keeps pixel centres distinct); use float32"
+        )
+    # Computed in float32 at least: (j + 0.5) in float16 overflows past 65504.
+    wide = compute_dtype(dtype)
+    xs = ((torch.arange(width, device=device, dtype=wide) + 0.5) / width).to(dtype)
+    ys = ((torch.arange(height, device=device, dtype=wide) + 0.5) / height).to(dtype)
     grid = torch.stack([xs.view(1, -1).expand(height, width), ys.view(-1, 1).expand(height, width)])
     return grid.unsqueeze(0).expand(batch, 2, height, width).contiguous()
 
@@ -70,6 +96,7 @@ def compose_positions(positions: torch.Tensor, grid: torch.Tensor) -> torch.Tens
     """
     check_positions(positions)
     check_grid(grid)
+    check_nonempty_map("grid", grid.movedim(-1, 1), "([B, H, W, 2])")
     check_same_device(positions=positions, grid=grid)
     check_same_batch(positions=positions, grid=grid)
     height, width = int(grid.shape[1]), int(grid.shape[2])

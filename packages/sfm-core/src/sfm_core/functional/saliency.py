@@ -26,7 +26,8 @@ def check_saliency_settings(window: object, fwhm: object, s_min: object) -> None
     check_positive("window", window, integer=True, maximum=MAX_WINDOW)
     check_positive("fwhm", fwhm)
     check_positive("s_min", s_min)
-    assert isinstance(fwhm, int | float) and isinstance(s_min, int | float)
+    assert isinstance(fwhm, int | float)
+    assert isinstance(s_min, int | float)
     if fwhm < MIN_FWHM:
         raise ValueError(
             f"fwhm must be at least {MIN_FWHM} pixels (smaller underflows the Gaussian), "

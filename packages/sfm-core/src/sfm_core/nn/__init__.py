@@ -15,6 +15,7 @@ from sfm_core.nn.generators import (
 )
 from sfm_core.nn.lprm import LocalPixelRelation
 from sfm_core.nn.msau import MultiScaleAdaptiveUpsampling
+from sfm_core.nn.norms import group_norm
 
 __all__ = [
     "GENERATORS",
@@ -28,4 +29,5 @@ __all__ = [
     "Resampled",
     "build_attention_generator",
     "edge_guidance_loss",
+    "group_norm",
 ]

@@ -8,7 +8,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from sfm_core._checks import check_positive, check_tensor
+from sfm_core._checks import check_nonempty_map, check_positive, check_tensor
 from sfm_core.backends import requested_backend
 
 
@@ -17,6 +17,7 @@ def check_features(
 ) -> torch.Tensor:
     """Return ``value`` if it is a floating 4-D map with ``channels`` channels that ``module`` can take.
 
+    Batch 0 passes (modules return an empty batch); ``H`` or ``W`` of 0 is refused.
     The tensor must sit on the module's device and, unless autocast is on for that device, have the
     module's parameter dtype (otherwise torch fails deep inside a convolution with a message that
     names no argument).
@@ -26,6 +27,7 @@ def check_features(
         raise ValueError(
             f"{name} must have {channels} channels {shape_hint}, got shape {tuple(x.shape)}"
         )
+    check_nonempty_map(name, x, shape_hint)
     parameter = next(module.parameters(), None)
     if parameter is None:
         return x
@@ -47,12 +49,12 @@ def check_channels(name: str, value: object) -> int:
     return cast(int, value)
 
 
-def check_dilations(value: object) -> tuple[int, ...]:
+def check_dilations(value: object, name: str = "dilations") -> tuple[int, ...]:
     """Return ``value`` as a non-empty tuple of positive ints, else raise."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
-        raise ValueError(f"dilations must be a non-empty sequence of positive ints, got {value!r}")
+        raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {value!r}")
     for dilation in value:
-        check_positive("dilations", dilation, integer=True)
+        check_positive(name, dilation, integer=True)
     return tuple(int(d) for d in value)
 
 

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from sfm_core import ops
-from sfm_core._checks import check_positive
+from sfm_core.functional.saliency import check_saliency_settings
 from sfm_core.nn._inputs import check_backend, check_channels, check_features
-from sfm_core.nn.generators import NormLayer, build_attention_generator
+from sfm_core.nn.generators import build_attention_generator
+from sfm_core.nn.norms import NormLayer
 
 
 class Resampled(NamedTuple):
@@ -40,7 +41,7 @@ class AdaptiveResampling(nn.Module):
         window, fwhm, s_min: saliency sampler settings (see :func:`sfm_core.ops.saliency_grid`).
         norm_layer: normalisation of the generator's pyramid branches, called with a channel count.
             With BatchNorm, training needs two or more images per batch (the 1×1 pyramid bin has
-            one value per image, as in PSPNet); use SyncBatchNorm or GroupNorm otherwise.
+            one value per image, as in PSPNet); use SyncBatchNorm or :func:`group_norm` otherwise.
         backend: op backend (see :mod:`sfm_core.ops`); ``None`` follows ``SFM_BACKEND``.
     """
 
@@ -57,11 +58,7 @@ class AdaptiveResampling(nn.Module):
     ) -> None:
         super().__init__()
         self.channels = check_channels("channels", channels)
-        check_positive("window", window, integer=True)
-        check_positive("fwhm", fwhm)
-        check_positive("s_min", s_min)
-        if s_min > 1:
-            raise ValueError(f"s_min must be in (0, 1], got {s_min!r}")
+        check_saliency_settings(window, fwhm, s_min)
         self.window, self.fwhm, self.s_min = window, float(fwhm), float(s_min)
         self.backend = check_backend(backend)
         self.generator = build_attention_generator(generator, channels, norm_layer)

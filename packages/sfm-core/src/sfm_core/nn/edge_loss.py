@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from sfm_core._checks import (
+    check_nonempty_map,
     check_positive,
     check_same_batch,
     check_same_device,
@@ -38,18 +39,23 @@ def edge_guidance_loss(
         sigma: Gaussian blur of the boundary map, in pixels of the logits' resolution.
 
     Returns:
-        A scalar in float32 (float64 for float64 logits).
+        A scalar in float32 (float64 for float64 logits); 0 (attached to ``logits``) for batch 0.
+        ``H, W`` and ``Hl, Wl`` must be at least 1.
     """
     check_tensor("logits", logits, ndim=4, shape_hint="[B, 1, H, W]")
     if logits.shape[1] != 1:
         raise ValueError(
             f"logits must have 1 channel ([B, 1, H, W]), got shape {tuple(logits.shape)}"
         )
+    check_nonempty_map("logits", logits, "([B, 1, H, W])")
     check_tensor("labels", labels, ndim=3, floating=False, shape_hint="[B, Hl, Wl]")
+    check_nonempty_map("labels", labels, "([B, Hl, Wl])")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if not -(2**63) <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must fit in int64, got {ignore_index!r}")
     check_positive("sigma", sigma)
     check_same_device(logits=logits, labels=labels)
     check_same_batch(logits=logits, labels=labels)
@@ -57,7 +63,11 @@ def edge_guidance_loss(
     dtype = compute_dtype(logits.dtype)
     height, width = logits.shape[-2:]
     resized = _nearest(labels, (height, width))
-    valid = resized != ignore_index
+    # A label dtype narrower than ignore_index cannot hold it: no pixel is ignored then.
+    if _holds(resized.dtype, ignore_index):
+        valid = resized != ignore_index
+    else:
+        valid = torch.ones_like(resized, dtype=torch.bool)
     target = _blur(_boundaries(resized, valid).to(dtype), sigma)
     target = target / target.amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(dtype).tiny)
 
@@ -75,6 +85,12 @@ def _nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return labels[:, rows.clamp_max(labels.shape[1] - 1)][:, :, cols.clamp_max(labels.shape[2] - 1)]
 
 
+def _holds(dtype: torch.dtype, value: int) -> bool:
+    """Whether integer ``dtype`` can represent ``value``."""
+    info = torch.iinfo(dtype)
+    return info.min <= value <= info.max
+
+
 def _boundaries(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Valid pixels with a valid 4-neighbour of another label ``[B, H, W]`` (bool)."""
     edge = torch.zeros_like(valid)
@@ -88,11 +104,15 @@ def _boundaries(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def _blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[B, H, W]`` maps, truncated at 3σ, zero padding."""
-    radius = max(1, math.ceil(3.0 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    """Separable Gaussian blur of ``[B, H, W]`` maps, truncated at 3σ, zero padding.
+
+    Taps beyond the map's extent only meet the zero padding, so the radius is capped there
+    (bounded memory for any σ). The taps are built in float64, where no positive σ underflows.
+    """
+    radius = max(1, min(math.ceil(3.0 * sigma), max(maps.shape[-2:])))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=maps.device)
     taps = torch.exp(-0.5 * (offsets / sigma).square())
-    taps = taps / taps.sum()
+    taps = (taps / taps.sum()).to(maps.dtype)
     x = maps.unsqueeze(1)
     x = F.conv2d(x, taps.view(1, 1, 1, -1), padding=(0, radius))
     x = F.conv2d(x, taps.view(1, 1, -1, 1), padding=(radius, 0))

@@ -10,16 +10,15 @@ can take ARS); the parameter count ``C² + 13C + 1`` of the default holds exactl
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.jit._trace import is_tracing
 
-from sfm_core.nn._inputs import check_channels
-
-NormLayer = Callable[[int], nn.Module]
+from sfm_core.nn._inputs import check_channels, check_dilations, check_features
+from sfm_core.nn.norms import NormLayer, build_norm, check_single_value_norm
 
 GENERATORS = ("avg-lhpf-psp", "avg-psp", "conv")
 PYRAMID_BINS = (1, 2, 3, 7)
@@ -75,6 +74,7 @@ class LearnableHighPass(nn.Module):
         self.weight = nn.Parameter(initial)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features("x", x, channels=self.channels, module=self, shape_hint="[B, C, H, W]")
         lowpass = torch.softmax(self.weight, dim=1).view(self.channels, 1, 3, 3).to(x.dtype)
         # One depthwise pass with the kernel 2δ − lowpass (same values up to fp32 rounding).
         kernel = -lowpass
@@ -97,20 +97,29 @@ class PyramidContext(nn.Module):
         norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        check_channels("channels", channels)
+        self.channels = check_channels("channels", channels)
+        self.bins = check_dilations(bins, name="bins")
         reduced = math.ceil(channels / PYRAMID_REDUCTION)
         self.branches = nn.ModuleList(
             nn.Sequential(
                 nn.AdaptiveAvgPool2d(size),
                 nn.Conv2d(channels, reduced, 1, bias=False),
-                norm_layer(reduced),
+                build_norm(norm_layer, reduced),
                 nn.ReLU(inplace=True),
             )
-            for size in bins
+            for size in self.bins
         )
         self.out_channels = channels + reduced * len(bins)
 
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise on a map this context cannot take, before torch fails deep inside a branch."""
+        check_features("x", x, channels=self.channels, module=self, shape_hint="[B, C, H, W]")
+        for size, branch in zip(self.bins, self.branches, strict=True):
+            if size == 1:
+                check_single_value_norm(cast(nn.Sequential, branch)[2], x, self.training)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         size = x.shape[-2:]
         pooled = [
             F.interpolate(branch(x), size=size, mode="bilinear", align_corners=False)
@@ -126,6 +135,7 @@ class PyramidContext(nn.Module):
         is resized: the ``channels``-wide maps of the branches never reach full resolution. Equal
         to ``project(self(x))`` up to the order of the sums (fp32 rounding).
         """
+        self.check_input(x)
         channels = x.shape[1]
         weight = project.weight
         out = F.conv2d(x, weight[:, :channels], project.bias)
@@ -158,6 +168,7 @@ class PyramidAttention(nn.Module):
         zero_init(self.project)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.context.check_input(x)  # before the box average meets an empty or foreign map
         return self.context.projected(self.high_pass(self.smooth(x)), self.project)
 
 
@@ -166,10 +177,12 @@ class ConvAttention(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.project = nn.Conv2d(check_channels("channels", channels), 1, 3, padding=1)
+        self.channels = check_channels("channels", channels)
+        self.project = nn.Conv2d(channels, 1, 3, padding=1)
         zero_init(self.project)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features("x", x, channels=self.channels, module=self, shape_hint="[B, C, H, W]")
         return self.project(x)  # type: ignore[no-any-return]
 
 

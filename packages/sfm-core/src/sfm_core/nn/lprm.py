@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sfm_core import ops
 from sfm_core._checks import check_same_batch, check_same_device, check_tensor
 from sfm_core.nn._inputs import check_backend, check_channels, check_dilations, check_features
-from sfm_core.nn.generators import NormLayer
+from sfm_core.nn.norms import NormLayer, build_norm
 
 TAPS = 9  # one relation logit per tap of the dilated 3×3 neighbourhood
 
@@ -40,7 +42,7 @@ class LocalPixelRelation(nn.Module):
         self.backend = check_backend(backend)
         self.seed = nn.Sequential(
             nn.Conv2d(guide_channels, TAPS, 3, padding=1, bias=False),
-            norm_layer(TAPS),
+            build_norm(norm_layer, TAPS),
             nn.ReLU(inplace=True),
         )
         self.relations = nn.ModuleList(
@@ -48,7 +50,7 @@ class LocalPixelRelation(nn.Module):
                 nn.Conv2d(
                     TAPS, TAPS, 3, padding=d, dilation=d, padding_mode="replicate", bias=False
                 ),
-                norm_layer(TAPS),
+                build_norm(norm_layer, TAPS),
             )
             for d in self.dilations
         )
@@ -74,10 +76,17 @@ class LocalPixelRelation(nn.Module):
                 f"values and guide must share H, W, got values {tuple(values.shape)} "
                 f"and guide {tuple(guide.shape)}"
             )
+        single_value = guide.shape[0] * guide.shape[2] * guide.shape[3] == 1
+        batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+        if self.training and single_value and batch_norm:
+            raise ValueError(
+                "guide is one 1x1 image: training-mode BatchNorm of the relations needs more "
+                "than one value per channel; pass norm_layer=sfm_core.nn.group_norm()"
+            )
         relation = self.seed(guide)
         out = values
         for step, (dilation, relate) in enumerate(zip(self.dilations, self.relations, strict=True)):
-            relation = relate(relation)
+            relation = _relate(cast(nn.Sequential, relate), relation, dilation)
             aggregated = ops.lprm_aggregate(out, relation, dilation, backend=self.backend)
             if self.gates is None:
                 out = aggregated
@@ -87,3 +96,19 @@ class LocalPixelRelation(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dilations={self.dilations}, gated={self.gates is not None}"
+
+
+def _relate(relate: nn.Sequential, relation: torch.Tensor, dilation: int) -> torch.Tensor:
+    """``relate(relation)`` (dilated 3x3 conv, replicate padding, then norm) with clamped taps.
+
+    A tap beyond the map's edge reads the edge pixel, so a dilation past ``H - 1`` rows (``W - 1``
+    columns) reads what ``H - 1`` (``W - 1``) reads: the same values, with padding (hence memory)
+    bounded by the map for any dilation.
+    """
+    conv, norm = cast(nn.Conv2d, relate[0]), relate[1]
+    height, width = relation.shape[-2:]
+    step_y, step_x = max(1, min(dilation, height - 1)), max(1, min(dilation, width - 1))
+    if (step_y, step_x) == (dilation, dilation):
+        return relate(relation)  # type: ignore[no-any-return]
+    padded = F.pad(relation, (step_x, step_x, step_y, step_y), mode="replicate")
+    return norm(F.conv2d(padded, conv.weight, dilation=(step_y, step_x)))  # type: ignore[no-any-return]

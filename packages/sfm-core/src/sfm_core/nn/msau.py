@@ -11,8 +11,8 @@ from sfm_core import ops
 from sfm_core._checks import check_same_batch, check_same_device, check_size
 from sfm_core.functional.positions import check_positions
 from sfm_core.nn._inputs import check_channels, check_features
-from sfm_core.nn.generators import NormLayer
 from sfm_core.nn.lprm import LocalPixelRelation
+from sfm_core.nn.norms import NormLayer
 
 
 class MultiScaleAdaptiveUpsampling(nn.Module):
