@@ -110,5 +110,5 @@ def test_refuses_bad_arguments() -> None:
         saliency_grid(torch.randn(1, 2, 4, 4))
     with pytest.raises(ValueError, match=r"window must be a positive int"):
         saliency_grid(logits, window=0)
-    with pytest.raises(ValueError, match=r"s_min must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"s_min must be in \[1e-30, 1\]"):
         saliency_grid(logits, s_min=2.0)

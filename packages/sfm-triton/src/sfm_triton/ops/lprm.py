@@ -126,10 +126,16 @@ def _lprm_grad_logits_kernel(
     sgb, sgc, sgh, sgw,
     svb, svc, svh, svw,
     slb, sln, slh, slw,
+    sob, son, soh, sow,
     CHANNELS_LAST, PIXEL_BUCKET,
     NEED_LOGITS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """The fp32 weights ``[B, 9, H, W]`` and (``NEED_LOGITS``) ``grad_logits`` like ``logits``."""
+    """The fp32 weights ``[B, 9, H, W]`` and (``NEED_LOGITS``) ``grad_logits``.
+
+    ``grad_logits`` is written with its own strides (``so*``): for a sliced or expanded
+    ``logits`` they differ from the input's (``sl*``), and writing with those ran past the
+    buffer (an abort under the interpreter, an illegal access on a GPU).
+    """
     b = tl.program_id(1).to(tl.int64)
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     pixel_mask = p < HW
@@ -156,8 +162,9 @@ def _lprm_grad_logits_kernel(
                 value = tl.load(v_base + src[:, None], mask=mask, other=0.0).to(tl.float32)
                 dots += tl.where(taps[None, :] == n, tl.sum(grad * value, axis=1)[:, None], 0.0)
         grad_logits = weights * (dots - tl.sum(weights * dots, axis=1)[:, None])
+        out_pix = y.to(tl.int64) * soh + x.to(tl.int64) * sow
         tl.store(
-            grad_logits_ptr + b * slb + taps.to(tl.int64)[None, :] * sln + logit_pix[:, None],
+            grad_logits_ptr + b * sob + taps.to(tl.int64)[None, :] * son + out_pix[:, None],
             grad_logits.to(grad_logits_ptr.dtype.element_ty),
             mask=tap_mask,
         )
@@ -330,11 +337,11 @@ def _lprm_aggregate_backward_op(
     def pixel_grid(meta: dict[str, Any]) -> tuple[int, int]:
         return (cdiv(height * width, meta["BLOCK_P"]), batch)
 
-    logit_strides = logits.stride()
+    out_strides = grad_logits.stride() if need_logits else (0, 0, 0, 0)
     _lprm_grad_logits_kernel[pixel_grid](
         grad, v, logits, grad_logits if need_logits else weights, weights,
         channels, height, width, height * width, dilation,
-        *grad.stride(), *v.stride(), *logit_strides,
+        *grad.stride(), *v.stride(), *logits.stride(), *out_strides,
         _is_channels_last(v), _bucket(height * width),
         NEED_LOGITS=need_logits,
     )  # fmt: skip
@@ -412,4 +419,7 @@ def lprm_aggregate(v: torch.Tensor, logits: torch.Tensor, dilation: int) -> torc
     strides; fp32 accumulation, output in ``v.dtype``; differentiable in ``v`` and ``logits``.
     """
     _check_arguments(v, logits, dilation)
+    # Taps clamp to the map, so a dilation past its extent reads the same pixels as the extent;
+    # capping it keeps ``y + dilation`` inside int32 in the kernels.
+    dilation = min(dilation, max(v.shape[-2:], default=1))
     return torch.ops.sfm.lprm_aggregate(v, logits, dilation)  # type: ignore[no-any-return]

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch.utils.flop_counter import register_flop_formula
 
-from sfm_core._checks import check_same_batch, check_tensor
+from sfm_core._checks import check_nonempty_map, check_same_batch, check_tensor
 from sfm_core.flops import resample_backward_macs, resample_macs
 from sfm_core.functional.resample import check_grid
 from sfm_triton._runtime import autotune_configs, cdiv, check_device, check_dtype
@@ -314,6 +314,7 @@ def resample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     dtype of ``x``. Arithmetic is fp32; the result has ``x``'s dtype.
     """
     check_tensor("x", x, ndim=4, shape_hint="[B, C, H, W]")
+    check_nonempty_map("x", x, "([B, C, H, W])")
     check_grid(grid)
     check_same_batch(x=x, grid=grid)
     check_dtype("x", x)

@@ -25,8 +25,9 @@ import triton
 import triton.language as tl
 from torch.utils.flop_counter import register_flop_formula
 
-from sfm_core._checks import check_positive, check_tensor
+from sfm_core._checks import check_nonempty_map, check_tensor
 from sfm_core.flops import saliency_grid_macs
+from sfm_core.functional.saliency import check_saliency_settings
 from sfm_triton._runtime import autotune_configs, cdiv, check_device, check_dtype
 
 # The window loops stay loops (unrolling 121 taps made sm_90 compiles take 20-40 s and spill);
@@ -375,11 +376,10 @@ def saliency_grid(
         raise ValueError(
             f"logits must have 1 channel ([B, 1, H, W]), got shape {tuple(logits.shape)}"
         )
-    check_positive("window", window, integer=True)
-    check_positive("fwhm", fwhm)
-    check_positive("s_min", s_min)
-    if s_min > 1:
-        raise ValueError(f"s_min must be in (0, 1], got {s_min!r}")
+    check_nonempty_map("logits", logits, "([B, 1, H, W])")
+    # The reference's limits: WINDOW is a compile-time constant here, so an unbounded window
+    # would also mean an unbounded compile.
+    check_saliency_settings(window, fwhm, s_min)
     check_dtype("logits", logits)
     check_device(logits=logits)
     grid, _ = torch.ops.sfm.saliency_grid(logits, window, float(fwhm), float(s_min))
