@@ -23,24 +23,30 @@ from sfm_d2.engine.datasets import register_datasets
 
 
 def load_trained(
-    config_file: str | Path, weights: str | Path | None = None, opts: Sequence[str] = ()
+    config_file: str | Path,
+    weights: str | Path | None = None,
+    opts: Sequence[str] = (),
+    *,
+    require_weights: bool = True,
 ) -> tuple[CfgNode, nn.Module]:
     """``(cfg, model)``: the config (+ ``opts``) and its model in eval mode with ``weights`` loaded.
 
-    ``weights`` defaults to the config's ``MODEL.WEIGHTS``; the datasets the config names are
-    registered so that their metadata (class names, colours) is available.
+    ``weights`` defaults to the config's ``MODEL.WEIGHTS``; without any and with
+    ``require_weights=False`` the model keeps its initialisation (enough to count parameters and
+    FLOPs). The datasets the config names are registered, for their metadata (class names).
     """
     cfg = load_config(config_file, opts)
     if weights is not None:
         cfg.MODEL.WEIGHTS = str(weights)
-    if not cfg.MODEL.WEIGHTS:
-        raise ValueError("weights must be given (or MODEL.WEIGHTS set): a trained .pth file")
-    if not Path(cfg.MODEL.WEIGHTS).is_file():
+    if cfg.MODEL.WEIGHTS and not Path(cfg.MODEL.WEIGHTS).is_file():
         raise ValueError(f"weights {cfg.MODEL.WEIGHTS!r} is not a file")
+    if require_weights and not cfg.MODEL.WEIGHTS:
+        raise ValueError("weights must be given (or MODEL.WEIGHTS set): a trained .pth file")
     cfg.freeze()
     register_datasets(cfg)
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    if cfg.MODEL.WEIGHTS:
+        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return cfg, model.eval()
 
 

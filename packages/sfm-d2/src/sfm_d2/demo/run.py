@@ -60,6 +60,15 @@ def machine_description() -> str:
     )
 
 
+def _shown_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies below it (shorter in the report)."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def run_demo(
     output_dir: str | Path,
     models: Sequence[tuple[str, str | Path]],
@@ -113,7 +122,7 @@ def run_demo(
         results.append(
             ModelResult(
                 name=name,
-                config=str(config),
+                config=_shown_path(config),
                 metrics=run.metrics,
                 aliasing=aliasing,
                 parameters=count_parameters(model),
