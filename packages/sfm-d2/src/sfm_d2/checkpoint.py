@@ -124,9 +124,17 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, Any]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            raise ValueError(f"{path} is not a readable checkpoint: {error}") from error
         raise ValueError(
             f"{path} holds more than tensors and plain containers, so it is not loaded "
             f"(weights_only=True); re-save its state dict with torch.save first: {error}"
+        ) from error
+    except (EOFError, RuntimeError, ValueError, UnicodeDecodeError) as error:
+        # torch.load's failures on an empty, truncated or foreign file name no file.
+        raise ValueError(
+            f"{path} is not a readable checkpoint (empty, truncated or damaged): "
+            f"{type(error).__name__}: {error}"
         ) from error
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{path} must hold a dict (state dict), got {type(loaded).__name__}")

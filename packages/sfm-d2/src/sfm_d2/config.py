@@ -7,11 +7,15 @@ when absent, so the function is idempotent and coexists with those two functions
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from detectron2.config import CfgNode, get_cfg
+
+from sfm_core._checks import MAX_INT
+from sfm_core.functional.saliency import MAX_WINDOW, MIN_FWHM, MIN_S_MIN
 
 # Stages whose input may pass through ARS: the three stride-2 transitions after the stem
 # (SPEC section 4). res2 follows the stem at stride 4 and stays uniform.
@@ -183,18 +187,27 @@ def validate_sfm_config(cfg: CfgNode) -> None:
     )
     _require(sfm.GENERATOR in GENERATORS, "GENERATOR", f"one of {list(GENERATORS)}", sfm.GENERATOR)
     _require(_is_int(sfm.WINDOW) and sfm.WINDOW > 0, "WINDOW", "a positive int", sfm.WINDOW)
+    # sfm_core's own limits, checked here so that the error names the config key.
+    _require(sfm.WINDOW <= MAX_WINDOW, "WINDOW", f"at most {MAX_WINDOW}", sfm.WINDOW)
     _require(_is_number(sfm.FWHM) and sfm.FWHM > 0, "FWHM", "a positive number", sfm.FWHM)
+    _require(
+        math.isfinite(sfm.FWHM) and sfm.FWHM >= MIN_FWHM,
+        "FWHM",
+        f"finite and at least {MIN_FWHM}",
+        sfm.FWHM,
+    )
     _require(_is_number(sfm.S_MIN) and 0 < sfm.S_MIN <= 1, "S_MIN", "in (0, 1]", sfm.S_MIN)
+    _require(sfm.S_MIN >= MIN_S_MIN, "S_MIN", f"at least {MIN_S_MIN}", sfm.S_MIN)
     _require(sfm.NORM in NORMS, "NORM", f"one of {list(NORMS)}", sfm.NORM)
     _require(
-        _is_number(sfm.EDGE_LOSS_WEIGHT) and sfm.EDGE_LOSS_WEIGHT >= 0,
+        _is_number(sfm.EDGE_LOSS_WEIGHT) and 0 <= sfm.EDGE_LOSS_WEIGHT < math.inf,
         "EDGE_LOSS_WEIGHT",
         "a number >= 0",
         sfm.EDGE_LOSS_WEIGHT,
     )
     _require(sfm.BACKEND in BACKENDS, "BACKEND", f"one of {list(BACKENDS)}", sfm.BACKEND)
     _require(
-        _is_number(sfm.LR_MULTIPLIER) and sfm.LR_MULTIPLIER >= 0,
+        _is_number(sfm.LR_MULTIPLIER) and 0 <= sfm.LR_MULTIPLIER < math.inf,
         "LR_MULTIPLIER",
         "a number >= 0",
         sfm.LR_MULTIPLIER,
@@ -203,7 +216,7 @@ def validate_sfm_config(cfg: CfgNode) -> None:
     _require(
         isinstance(dilations, (list, tuple))
         and len(dilations) > 0
-        and all(_is_int(d) and d > 0 for d in dilations),
+        and all(_is_int(d) and 0 < d <= MAX_INT for d in dilations),
         "MSAU.DILATIONS",
         "a non-empty list of positive ints",
         dilations,

@@ -13,6 +13,7 @@ same result there and never a negative pad elsewhere.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -145,6 +146,12 @@ class MaskFormerSemanticDatasetMapper:
                 f"label map), got keys {sorted(record)} for {record.get('file_name')!r}"
             )
         image_path, label_path = record["file_name"], record["sem_seg_file_name"]
+        for key, path in (("file_name", image_path), ("sem_seg_file_name", label_path)):
+            if not isinstance(path, (str, os.PathLike)):
+                raise TypeError(
+                    f"dataset_dict[{key!r}] must be a path (str or os.PathLike), got "
+                    f"{type(path).__name__} {path!r}"
+                )
         image = _read(image_path, "image", self.image_format)
         label = _read(label_path, "label", None)
         if label.ndim != 2:
@@ -170,7 +177,9 @@ class MaskFormerSemanticDatasetMapper:
         record.setdefault("width", image.shape[1])
         aug_input = T.AugInput(image, sem_seg=label)
         self.augmentations(aug_input)
-        image_t = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        # np.array copies (as ascontiguousarray does for any real HWC -> CHW transpose), so a
+        # read-only decoded image never reaches torch, even where the transpose is a no-op (1x1).
+        image_t = torch.as_tensor(np.array(aug_input.image.transpose(2, 0, 1), order="C"))
         sem_seg = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
         if self.size_divisibility > 0:
             image_t = _pad_bottom_right(image_t, self.size_divisibility, IMAGE_PAD_VALUE)
