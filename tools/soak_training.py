@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import sfm_d2  # noqa: F401  (before detectron2: its compat layer must run first)
 from sfm_d2.config import load_config
@@ -84,7 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch_threads = os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # One thread unless told otherwise: spinning OpenMP threads on a shared machine made steps
+    # many times slower (torch read OMP_NUM_THREADS at import, so set it directly).
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    torch.set_num_threads(threads)
     overrides = [
         "SOLVER.MAX_ITER", str(args.iterations),
         "SOLVER.CHECKPOINT_PERIOD", "250",
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "iterations": args.iterations,
         "warmup": args.warmup,
         "seconds": round(seconds, 1),
-        "omp_num_threads": torch_threads,
+        "torch_threads": threads,
         "rss_mib_after_warmup": next(m for i, m in recorder.samples if i > args.warmup),
         "rss_mib_final": recorder.samples[-1][1],
         "slope_mib_per_100_iterations": slope,
