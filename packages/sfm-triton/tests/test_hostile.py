@@ -162,3 +162,17 @@ def test_nonuniform_upsample_property(b: int, k: int, h: int, w: int, poison: fl
     if result is not None:
         assert result.shape == (b, k, 3, 2)
         finite_images(result, z, positions)
+
+
+def test_nan_position_spoils_only_its_image() -> None:
+    """As the reference: index 0 and NaN weights for that image (the kernels cast NaN to an
+    index otherwise), the other images exactly as without it."""
+    from sfm_core.functional import nonuniform_upsample as reference
+
+    torch.manual_seed(0)
+    positions = identity_positions(3, 3, 4) + 0.01 * torch.randn(3, 2, 3, 4)
+    positions[1, 0, 1, 1] = float("nan")
+    z = torch.randn(3, 2, 3, 4)
+    out = nonuniform_upsample(z, positions, (5, 6))
+    assert bool(out[1].isnan().all())
+    torch.testing.assert_close(out[[0, 2]], reference(z, positions, (5, 6))[[0, 2]])

@@ -42,6 +42,8 @@ from sfm_core.flops import gather_macs
 from sfm_core.functional.positions import check_positions
 from sfm_triton._runtime import autotune_configs, cdiv, check_device, check_dtype
 
+_FAR = float(2**20)  # the reference's clamp of far-out positions (image sizes)
+
 VERTICES = 3
 _NO_OWNER = 2**31 - 1
 _POSITION_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -409,14 +411,22 @@ def rasterize(positions: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Ten
     """Triton :func:`sfm_core.functional.rasterize`: same signature, semantics and dtypes.
 
     Containment is decided in float64 (as the reference); a pixel centre exactly on a shared
-    edge may still go to the other triangle where the last bits of the arithmetic differ.
+    edge may still go to the other triangle where the last bits of the arithmetic differ. An
+    image with a non-finite position gets index 0 and NaN weights, as in the reference.
     """
     out_h, out_w = check_size("size", size)
     _check_positions(positions)
     if positions.shape[0] * out_h * out_w >= 2**31:
         raise ValueError(f"B * Ho * Wo must stay below 2**31, got size {size!r}")
-    index, weights = torch.ops.sfm.rasterize(positions.detach(), [out_h, out_w])
-    return index, weights
+    # As the reference: an image with a NaN or infinite position is rasterized as a harmless
+    # lattice, then gets index 0 and NaN weights (the kernels would cast NaN to an index); far
+    # finite points are pulled in to +-2**20 images. No host synchronisation.
+    detached = positions.detach()
+    broken = ~torch.isfinite(detached).flatten(1).all(dim=1).view(-1, 1, 1, 1)
+    far = min(_FAR, torch.finfo(detached.dtype).max)
+    safe = torch.where(broken, 0.5, detached).clamp(-far, far)
+    index, weights = torch.ops.sfm.rasterize(safe, [out_h, out_w])
+    return index.masked_fill(broken, 0), weights.masked_fill(broken, math.nan)
 
 
 # ---------------------------------------------------------------------------------------------
