@@ -27,7 +27,7 @@ LAYOUTS = ("contiguous", "channels_last", "strided", "expanded")
 POISONS = ("none", "none", "nan", "inf", "huge", "tiny")
 SIDES = (0, 1, 1, 2, 3, 5)
 # Words by which an error message says what was expected.
-EXPECTING = ("must", "expected", "not a ", "pass ", "needs", "at least", "at most")
+EXPECTING = ("must", "expected", " not ", "pass ", "needs", "at least", "at most")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from sfm_core.analysis import aliasing_ratio, radial_power_spectrum
+from sfm_core.analysis import aliasing_ratio, aliasing_report, radial_power_spectrum
 from sfm_core.insertion import insert_ars
 from sfm_core.nn import (
     AdaptiveResampling,
@@ -253,3 +253,22 @@ def test_insert_ars(example: Spec, sites: Any, layout: Any) -> None:
         result = outcome(lambda: wrapped.eval()(x), names)
         if result is not None:
             assert_result(result, model(x).shape, x.dtype, non_finite_images(x))
+
+
+@FEW
+@given(
+    # 4-D float32 batches the model can take (its own errors on others are not the report's).
+    batch=specs([None, 3, 6, 5], dtypes=(torch.float32,), rank_change=False),
+    stride=scalar(st.sampled_from([None, 2, (1, 2)])),
+    names=st.sampled_from([None, ["0"], ["nope"], []]),
+)
+def test_aliasing_report(batch: Spec, stride: Any, names: Any) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    x = batch.build(normal)
+    report = outcome(
+        lambda: aliasing_report(model, [x], names=names, stride=stride),
+        ["batches", "names", "stride", "input of layer"],
+    )
+    if report is not None:
+        for layer in report.layers:
+            assert layer.count == 0 or 0 <= layer.mean <= 1
