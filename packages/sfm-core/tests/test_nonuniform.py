@@ -196,3 +196,18 @@ def test_nearest_fallback_matches_brute_force() -> None:
     nearest = torch.cdist(centres.unsqueeze(0).expand(2, -1, -1), points).argmin(-1).view(2, *size)
     torch.testing.assert_close(index[..., 0][uncovered], nearest[uncovered])
     assert (weights[..., 0][uncovered] == 1).all()
+
+
+@pytest.mark.filterwarnings(
+    "ignore::torch.jit.TracerWarning", "ignore:`torch.jit.trace.*` is deprecated"
+)
+def test_traces_with_jit() -> None:
+    # fvcore counts FLOPs through torch.jit.trace: rasterize's index bookkeeping must trace.
+    z = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    positions = identity_positions(2, 5, 6, dtype=torch.float64)
+
+    def upsample(z: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return nonuniform_upsample(z, positions, (10, 12))
+
+    traced = torch.jit.trace(upsample, (z, positions), check_trace=False)
+    torch.testing.assert_close(traced(z, positions), upsample(z, positions), rtol=0, atol=0)

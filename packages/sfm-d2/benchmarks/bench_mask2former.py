@@ -140,30 +140,15 @@ class BackboneAndHead(nn.Module):
 
 
 def gflops(model: nn.Module, inputs: list[dict[str, Any]]) -> tuple[float, dict[str, int]]:
-    """fvcore GFLOPs of backbone + head. The reference rasterize (in-place ``index_fill_``)
-    cannot be traced, so the non-uniform upsampling step is traced as the bilinear one and its
-    count swapped for the gather's (3 MACs per output element and channel; rasterize has none)."""
-    decoder = model.sem_seg_head.pixel_decoder
-    nonuniform = decoder.nonuniform_upsample
+    """fvcore GFLOPs of backbone + head (handles: :func:`sfm_d2.flops.sfm_handles`)."""
     model.eval()
-    decoder.nonuniform_upsample = False
     try:
         with torch.no_grad():
             images = model.preprocess_image(inputs).tensor
             analysis = flop_count(BackboneAndHead(model), images)
     finally:
-        decoder.nonuniform_upsample = nonuniform
         model.train()
-    total = analysis.total()
-    if nonuniform:
-        batch, _, height, width = images.shape
-        stride = decoder.common_stride
-        elements = (
-            batch * decoder.mask_features.in_channels * (height // stride) * (width // stride)
-        )
-        bilinear = 4 * elements if "upsample_bilinear2d" in analysis.by_operator() else 0
-        total += 3 * elements - bilinear
-    return total / 1e9, dict(analysis.unsupported_ops())
+    return analysis.total() / 1e9, dict(analysis.unsupported_ops())
 
 
 def profile_growth(models: dict[str, nn.Module], inputs: list[dict[str, Any]], top: int) -> str:

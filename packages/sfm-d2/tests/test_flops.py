@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode
-from detectron2.modeling import build_backbone
+from detectron2.modeling import build_backbone, build_model
 from torch import nn
 
 from sfm_core import functional
 from sfm_core.flops import resample_macs, saliency_grid_macs
+from sfm_d2.config import load_config
 from sfm_d2.flops import Overhead, backbone_overhead, flop_count, overhead_table
+
+CONFIGS = Path(__file__).parent / "configs"
 
 
 class GridSample(nn.Module):
@@ -96,3 +100,27 @@ def test_table_lists_every_row() -> None:
     assert table.count("\n| X |") == 2
     assert "| 10.00 |" in table
     assert "0 / 0 → 1 / 2" in table
+
+
+def test_fvcore_traces_the_whole_sfm_mask2former() -> None:
+    # Every Mask2Former switch on: non-uniform upsampling (rasterize + the reference gather) and
+    # masked attention must trace, and the gather is counted (3 MACs per output element/channel).
+    cfg = load_config(CONFIGS / "tiny_mask2former.yaml", ["MODEL.DEVICE", "cpu"])
+    assert all(cfg.MODEL.SFM.MASK2FORMER.values())
+    model = build_model(cfg).eval()
+
+    class BackboneAndHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.model.sem_seg_head(self.model.backbone(images))
+            return out["pred_logits"], out["pred_masks"]
+
+    with torch.no_grad():
+        analysis = flop_count(BackboneAndHead(), torch.randn(1, 3, 64, 64))
+    by_operator = analysis.by_operator()
+    channels = cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM
+    assert by_operator["embedding_bag"] == 3 * channels * 16 * 16
+    assert "embedding_bag" not in analysis.unsupported_ops()

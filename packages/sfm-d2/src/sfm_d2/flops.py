@@ -7,6 +7,8 @@ element-wise ops (softmax, exp, add, mul, GELU...) and lists them as "unsupporte
 * ``aten::grid_sampler`` by its interpolation mode: bilinear 4, bicubic 16, nearest 0 MACs per
   output element and channel (fvcore's default assumes bilinear for every mode);
 * ``aten::avg_pool2d`` (ARS's 3×3 smoothing): ``kh·kw`` adds per output element;
+* ``aten::embedding_bag`` (the reference non-uniform upsampling's gather): one MAC per bag
+  member and channel, i.e. 3 per output element and channel, as ``sfm::gather``;
 * the ``sfm::*`` custom ops a plug-in backend registers (sfm-triton; they appear in a trace only
   on its devices), with :func:`sfm_core.flops.fvcore_handles`, by the op definitions: ``resample`` 4 per output element and channel,
   ``saliency_grid`` 3·(2P+1)² per pixel (three window sums), ``gather`` 3 per output element and
@@ -70,11 +72,17 @@ def avg_pool2d_flops(inputs: list[Any], outputs: list[Any]) -> int:
     return taps * math.prod(_shape(outputs[0]))
 
 
+def embedding_bag_flops(inputs: list[Any], outputs: list[Any]) -> int:
+    """MACs of ``aten::embedding_bag`` with per-sample weights: one per index and channel."""
+    return math.prod(_shape(inputs[1])) * _shape(outputs[0])[-1]
+
+
 def sfm_handles() -> dict[str, Handle]:
     """fvcore handles for ``FlopCountAnalysis(...).set_op_handle(**sfm_handles())``."""
     return {
         "aten::grid_sampler": grid_sampler_flops,
         "aten::avg_pool2d": avg_pool2d_flops,
+        "aten::embedding_bag": embedding_bag_flops,
         **fvcore_handles(),
     }
 

@@ -175,7 +175,7 @@ def _fill_triangles(
         bary = torch.stack([part.index_select(0, won).clamp_min(0.0) for part in (l0, l1, l2)], -1)
         index.index_copy_(0, pixel, flat_tris.index_select(0, tri.index_select(0, won)))
         weights.index_copy_(0, pixel, bary / (bary[:, 0] + bary[:, 1] + bary[:, 2]).unsqueeze(-1))
-        covered.index_fill_(0, pixel, True)
+        covered.index_fill_(0, pixel, 1)  # an int: jit.trace has no index_fill_ with a bool value
 
 
 def _fill_nearest(

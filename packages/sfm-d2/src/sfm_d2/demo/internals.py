@@ -3,22 +3,17 @@ parameters and FLOPs. Works on the baseline too (no ARS: no grids, same layers).
 
 from __future__ import annotations
 
-import math
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from fvcore.nn import FlopCountAnalysis
 from torch import nn
-from torch.jit import TracerWarning  # type: ignore[attr-defined]
 
 from sfm_core.analysis import LayerAliasing, aliasing_report
-from sfm_core.functional import compose_positions, nonuniform
+from sfm_core.functional import compose_positions
 from sfm_core.insertion import is_downsampling
-from sfm_d2.flops import sfm_handles
+from sfm_d2.flops import flop_count
 from sfm_d2.modeling.backbone.levels import LEVELS
 from sfm_d2.modeling.backbone.outputs import positions_key
 from sfm_d2.modeling.backbone.swin_layers import PatchMerging
@@ -148,77 +143,12 @@ class _SemSegScores(nn.Module):
         return self.model([{"image": image, "height": height, "width": width}])[0]["sem_seg"]  # type: ignore[no-any-return]
 
 
-def _additive_attn_mask(
-    _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """A boolean ``attn_mask`` as the equivalent additive float mask (-inf where blocked).
-
-    ``nn.MultiheadAttention`` converts a boolean mask with an in-place ``masked_fill_``, which
-    torch's ONNX-style tracer (the one fvcore uses) cannot alias-analyse on current torch.
-    """
-    mask = kwargs.get("attn_mask")
-    if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
-        query = kwargs["query"] if "query" in kwargs else args[0]
-        additive = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device)
-        kwargs = {**kwargs, "attn_mask": additive.masked_fill(mask, float("-inf"))}
-    return args, kwargs
-
-
-def embedding_bag_flops(inputs: list[Any], outputs: list[Any]) -> int:
-    """MACs of ``aten::embedding_bag`` with per-sample weights (the reference non-uniform
-    upsampling's gather): one per bag member and channel, 3 per output element and channel."""
-    indices = math.prod(inputs[1].type().sizes())
-    channels = outputs[0].type().sizes()[-1]
-    return int(indices * channels)
-
-
-@contextmanager
-def _untraced_rasterize() -> Iterator[None]:
-    """Run the reference ``rasterize`` outside the tracer while FLOPs are counted.
-
-    It is index bookkeeping (no multiply-adds, as :mod:`sfm_d2.flops` counts it) and uses an
-    in-place boolean ``index_fill_`` that the tracer cannot alias-analyse; outside the trace its
-    indices and weights enter the graph as constants, and the gather that uses them is counted.
-    """
-    original = nonuniform.rasterize
-
-    def rasterize(positions: torch.Tensor, size: tuple[int, int]) -> Any:
-        state = torch._C._get_tracing_state()
-        torch._C._set_tracing_state(None)
-        try:
-            return original(positions, size)
-        finally:
-            torch._C._set_tracing_state(state)
-
-    nonuniform.rasterize = rasterize
-    try:
-        yield
-    finally:
-        nonuniform.rasterize = original
-
-
 def count_flops(model: nn.Module, image: torch.Tensor) -> tuple[int, dict[str, int]]:
-    """fvcore FLOPs (1 per multiply-add) of inference on ``image``, and the ops fvcore skipped.
-
-    Handles: :func:`sfm_d2.flops.sfm_handles` plus the reference gather (``embedding_bag``).
-    """
-    handles = [
-        module.register_forward_pre_hook(_additive_attn_mask, with_kwargs=True)
-        for module in model.modules()
-        if isinstance(module, nn.MultiheadAttention)
-    ]
-    analysis = FlopCountAnalysis(_SemSegScores(model).eval(), (image,))
-    analysis.set_op_handle(**sfm_handles(), **{"aten::embedding_bag": embedding_bag_flops})
-    analysis.unsupported_ops_warnings(False)
-    analysis.uncalled_modules_warnings(False)
-    try:
-        with torch.no_grad(), _untraced_rasterize(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", TracerWarning)
-            total = int(analysis.total())
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total, dict(analysis.unsupported_ops())
+    """fvcore FLOPs (1 per multiply-add) of inference on ``image``, and the ops fvcore skipped
+    (handles: :func:`sfm_d2.flops.sfm_handles`)."""
+    with torch.no_grad():
+        analysis = flop_count(_SemSegScores(model).eval(), image)
+    return int(analysis.total()), dict(analysis.unsupported_ops())
 
 
 def collect_batches(images: Iterable[torch.Tensor], size: int) -> list[list[torch.Tensor]]:

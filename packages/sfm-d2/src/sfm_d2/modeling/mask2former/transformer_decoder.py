@@ -61,7 +61,7 @@ class CrossAttentionLayer(nn.Module):
             query=_with_pos(query, query_pos),
             key=_with_pos(memory, pos),
             value=memory,
-            attn_mask=memory_mask,
+            attn_mask=None if memory_mask is None else additive_mask(memory_mask, query.dtype),
             need_weights=False,
         )[0]
         tgt = tgt + self.dropout(attended)
@@ -122,6 +122,17 @@ class MLP(nn.Module):
             if index < len(self.layers) - 1:
                 x = F.relu(x)
         return x
+
+
+def additive_mask(blocked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The boolean mask ``blocked`` (True = blocked) as the equal additive one (-inf where blocked).
+
+    ``nn.MultiheadAttention`` makes the same conversion itself, but in place, which torch's JIT
+    tracer (and so fvcore's FLOP count) cannot handle; done here, the model traces.
+    """
+    return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill(
+        blocked, float("-inf")
+    )
 
 
 def unblock_full_rows(attn_mask: torch.Tensor) -> torch.Tensor:
