@@ -12,6 +12,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_backbone
 from detectron2.structures import ImageList
 from timm.models import swin_transformer as timm_swin
+from torch import nn
 
 from sfm_core.functional import identity_positions
 from sfm_d2.modeling.backbone import SFMSwinTransformer, ars_logits_key, positions_key
@@ -216,3 +217,19 @@ def test_input_must_be_a_batch(cfg: CfgNode) -> None:
 def test_direct_construction_needs_an_ars_factory() -> None:
     with pytest.raises(ValueError, match="make_ars is required"):
         SFMSwinTransformer(ars_stages=["res3"])
+
+
+def test_group_norm_fits_narrow_ars_branches(cfg: CfgNode) -> None:
+    # Swin-T widths: the pyramid branches before res3 are 96 / 4 = 24 wide, where detectron2's
+    # GroupNorm(32, C) cannot be built; MODEL.SFM.NORM "GN" takes the largest group count that fits.
+    tiny(cfg, ars=["res3", "res4", "res5"])
+    cfg.MODEL.SWIN.EMBED_DIM = 96
+    cfg.MODEL.SFM.NORM = "GN"
+    backbone = build_backbone(cfg)
+    norms = [m for m in backbone.ars.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms
+    assert all(m.num_channels % m.num_groups == 0 and m.num_groups > 1 for m in norms)
+    assert {m.num_channels for m in norms} >= {24}
+    backbone.train()
+    out = backbone(torch.randn(1, 3, 64, 64))  # batch 1 trains with GroupNorm
+    assert torch.isfinite(out["res5"]).all()

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as d2_utils
@@ -19,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from sfm_d2.config import load_config
+from sfm_d2.engine.checkpointer import SFMCheckpointer
 from sfm_d2.engine.datasets import register_datasets
 
 
@@ -46,7 +46,7 @@ def load_trained(
     register_datasets(cfg)
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        SFMCheckpointer(model).load(cfg.MODEL.WEIGHTS)  # refuses pickles that run code
     return cfg, model.eval()
 
 
