@@ -46,6 +46,13 @@ _PIXEL_CONFIGS = autotune_configs(
         triton.Config({"BLOCK_P": 64, "BLOCK_C": 64}, num_warps=8),
     ]
 )
+# grad_logits also keeps the 9 softmax weights and 9 tap sums per pixel: a 128-pixel tile with 4
+# warps needs 255 registers there and spills 8 bytes (bf16 channels-last), so it is left out.
+_GRAD_LOGITS_CONFIGS = [
+    config
+    for config in _PIXEL_CONFIGS
+    if (config.kwargs["BLOCK_P"], config.kwargs["BLOCK_C"], config.num_warps) != (128, 16, 4)
+]
 _ROW_CONFIGS = autotune_configs(
     [
         triton.Config({"BLOCK_X": 32, "BLOCK_C": 32}, num_warps=4),
@@ -118,7 +125,7 @@ def _lprm_forward_kernel(
     tl.store(out_ptr + dst, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_PIXEL_CONFIGS, key=_PIXEL_KEY)
+@triton.autotune(configs=_GRAD_LOGITS_CONFIGS, key=_PIXEL_KEY)
 @triton.jit
 def _lprm_grad_logits_kernel(
     grad_ptr, v_ptr, logits_ptr, grad_logits_ptr, weights_ptr,
