@@ -16,7 +16,8 @@ from sfm_core.functional.nonuniform import gather
 from sfm_core.insertion import SFMModel, insert_ars
 
 aten = torch.ops.aten
-JIT_DEPRECATED = "ignore:`torch.jit.trace.*` is deprecated:DeprecationWarning"
+# DeprecationWarning on torch 2.13, FutureWarning from torch 2.15: any category.
+JIT_DEPRECATED = "ignore:`torch.jit.trace.*` is deprecated"
 # The reference's argument checks compare sizes, which jit.trace reports as baked-in constants.
 TRACER_WARNINGS = "ignore::torch.jit.TracerWarning"
 
