@@ -65,8 +65,8 @@ _WEIGHT_DTYPES = _POSITION_DTYPES
 # kernel's counter would be corrupted by the autotuner's repeated timing runs.
 _OWNER_BLOCK_T, _OWNER_BLOCK_S = 32, 16
 _QUAD_OWNER_BLOCK_S = 16
-# Taps a gather unrolls (grad_weights keeps a [BLOCK_P, next_pow2(T)] accumulator).
-_MAX_TAPS = 16
+# Taps a gather takes (grad_weights keeps one accumulator per tap): 4 (quads) or 3 (triangles).
+_MAX_TAPS = 4
 _PIXEL_BLOCK = 128
 _NEAREST_BLOCK_U, _NEAREST_BLOCK_L = 32, 32
 _NEAREST_SUBSET = 256  # lattice points that bound each uncovered pixel's nearest distance
@@ -212,6 +212,15 @@ def _quad_triangles(xa, ya, xb, yb, xc, yc, xd, yd):
 
 
 @triton.jit
+def _in_triangle(x0, y0, x1, y1, x2, y2, qx, qy, MIN_DET: tl.constexpr, TOL: tl.constexpr):
+    """The reference's containment test: a proper triangle, barycentric weights >= -TOL."""
+    det = _determinant(x0, y0, x1, y1, x2, y2)
+    proper = tl.abs(det) > MIN_DET
+    l0, l1, l2 = _barycentric(x0, y0, x1, y1, x2, y2, tl.where(proper, det, 1.0), qx, qy)
+    return proper & (l0 >= -TOL) & (l1 >= -TOL) & (l2 >= -TOL)
+
+
+@triton.jit
 def _finite_root(t):
     """The reference's ``nan_to_num(0.5, 5, -4)`` then clamp to ``[-4, 5]``."""
     t = tl.where(t != t, 0.5, t)
@@ -291,13 +300,7 @@ def _quad_owner_kernel(
     box_w = tl.maximum(x_hi - x_lo + 1, 0).to(tl.int32)
     box_h = tl.maximum(y_hi - y_lo + 1, 0).to(tl.int32)
     x0, y0, x1, y1, x2, y2, x3, y3, x4, y4, x5, y5 = _quad_triangles(xa, ya, xb, yb, xc, yc, xd, yd)
-    det1 = _determinant(x0, y0, x1, y1, x2, y2)
-    det2 = _determinant(x3, y3, x4, y4, x5, y5)
-    proper1 = quad_mask & (tl.abs(det1) > MIN_DET)
-    proper2 = quad_mask & (tl.abs(det2) > MIN_DET)
-    count = tl.where(proper1 | proper2, box_w * box_h, 0)
-    det1 = tl.where(proper1, det1, 1.0)
-    det2 = tl.where(proper2, det2, 1.0)
+    count = tl.where(quad_mask, box_w * box_h, 0)
     col0 = x_lo.to(tl.int32)
     row0 = y_lo.to(tl.int32)
     width = tl.maximum(box_w, 1)
@@ -309,16 +312,16 @@ def _quad_owner_kernel(
         row = row0[:, None] + slot[None, :] // width[:, None]
         qx = col.to(tl.float64) + 0.5
         qy = row.to(tl.float64) + 0.5
-        l0, l1, l2 = _barycentric(
+        # Per-quad values as [BLOCK_T, 1] columns (1-D float64 arithmetic on them breaks Triton
+        # 3.6's layout pass here).
+        first = _in_triangle(
             x0[:, None], y0[:, None], x1[:, None], y1[:, None], x2[:, None], y2[:, None],
-            det1[:, None], qx, qy,
+            qx, qy, MIN_DET, TOL,
         )  # fmt: skip
-        first = proper1[:, None] & (l0 >= -TOL) & (l1 >= -TOL) & (l2 >= -TOL)
-        l0, l1, l2 = _barycentric(
+        second = _in_triangle(
             x3[:, None], y3[:, None], x4[:, None], y4[:, None], x5[:, None], y5[:, None],
-            det2[:, None], qx, qy,
+            qx, qy, MIN_DET, TOL,
         )  # fmt: skip
-        second = proper2[:, None] & (l0 >= -TOL) & (l1 >= -TOL) & (l2 >= -TOL)
         ids = tl.broadcast_to(quad[:, None], [BLOCK_T, BLOCK_S])
         tl.atomic_min(owner_base + row.to(tl.int64) * Wo + col, ids, mask=in_box & (first | second))
 
@@ -729,18 +732,23 @@ def _gather_grad_weights_kernel(
     sib, sip, sit,
     sdb, sdp, sdt,
     CHANNELS_LAST, PIXEL_BUCKET,
-    TAPS: tl.constexpr, TAPS_POW2: tl.constexpr,
-    FLAT_GRAD: tl.constexpr, FLAT_Z: tl.constexpr,
+    TAPS: tl.constexpr, FLAT_GRAD: tl.constexpr, FLAT_Z: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """``grad_weights(p, t) = sum_k dY(k, p) z(k, index(p, t))``, looping over the channels."""
+    """``grad_weights(p, t) = sum_k dY(k, p) z(k, index(p, t))``, looping over the channels.
+
+    Up to 4 taps, each with its own accumulator (a [BLOCK_P, 4] one spills on sm_90); the source
+    offsets are re-read per channel block (cached), not held in registers.
+    """
     b = tl.program_id(1).to(tl.int64)
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     pixel_mask = p < P
     index_base = index_ptr + b * sib + p * sip
     grad_pix = _plane_offset(p, Wo, sgh, sgw, FLAT_GRAD)
-    tap = tl.arange(0, TAPS_POW2)
-    dots = tl.zeros([BLOCK_P, TAPS_POW2], dtype=tl.float32)
+    dot0 = tl.zeros([BLOCK_P], dtype=tl.float32)
+    dot1 = tl.zeros([BLOCK_P], dtype=tl.float32)
+    dot2 = tl.zeros([BLOCK_P], dtype=tl.float32)
+    dot3 = tl.zeros([BLOCK_P], dtype=tl.float32)
     for c0 in range(0, K, BLOCK_C):
         c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
         mask = pixel_mask[:, None] & (c < K)[None, :]
@@ -749,14 +757,29 @@ def _gather_grad_weights_kernel(
         ).to(tl.float32)
         z_base = z_ptr + b * szb + c[None, :] * szc
         for t in range(TAPS):  # a runtime loop: unrolled, every tap's tile loads are hoisted
-            src = tl.load(index_base + t * sit, mask=pixel_mask, other=0).to(tl.int32)
-            offset = _plane_offset(src, w, szh, szw, FLAT_Z)
+            offset = _tap_offset(index_base, t, sit, pixel_mask, w, szh, szw, FLAT_Z)
             value = tl.load(z_base + offset[:, None], mask=mask, other=0.0).to(tl.float32)
             dot = tl.sum(grad * value, axis=1)
-            dots += tl.where(tap[None, :] == t, dot[:, None], 0.0)
-    out = grad_weights_ptr + b * sdb + p[:, None] * sdp + tap[None, :] * sdt
+            dot0 += tl.where(t == 0, dot, 0.0)
+            dot1 += tl.where(t == 1, dot, 0.0)
+            dot2 += tl.where(t == 2, dot, 0.0)
+            dot3 += tl.where(t == 3, dot, 0.0)
+    out = grad_weights_ptr + b * sdb + p * sdp
     dtype = grad_weights_ptr.dtype.element_ty
-    tl.store(out, dots.to(dtype), mask=pixel_mask[:, None] & (tap < TAPS)[None, :])
+    tl.store(out, dot0.to(dtype), mask=pixel_mask)
+    if TAPS > 1:
+        tl.store(out + sdt, dot1.to(dtype), mask=pixel_mask)
+    if TAPS > 2:
+        tl.store(out + 2 * sdt, dot2.to(dtype), mask=pixel_mask)
+    if TAPS > 3:
+        tl.store(out + 3 * sdt, dot3.to(dtype), mask=pixel_mask)
+
+
+@triton.jit
+def _tap_offset(index_base, t, sit, pixel_mask, w, szh, szw, FLAT_Z: tl.constexpr):
+    """Memory offset in a ``z`` plane of tap ``t``'s source, per pixel."""
+    src = tl.load(index_base + t * sit, mask=pixel_mask, other=0).to(tl.int32)
+    return _plane_offset(src, w, szh, szw, FLAT_Z)
 
 
 @triton.autotune(configs=_SCATTER_CONFIGS, key=_KEY)
@@ -910,8 +933,7 @@ def _grad_weights(grad: torch.Tensor, z: torch.Tensor, index: torch.Tensor) -> t
         channels, width, pixels, index.shape[2],
         *grad.stride(), *z.stride(), *flat_index.stride(), *flat_grad_weights.stride(),
         _is_channels_last(z), _bucket(pixels),
-        TAPS=index.shape[-1], TAPS_POW2=triton.next_power_of_2(index.shape[-1]),
-        FLAT_GRAD=_flat_plane(grad), FLAT_Z=_flat_plane(z),
+        TAPS=index.shape[-1], FLAT_GRAD=_flat_plane(grad), FLAT_Z=_flat_plane(z),
     )  # fmt: skip
     return grad_weights
 
