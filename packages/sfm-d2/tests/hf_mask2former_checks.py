@@ -27,7 +27,7 @@ from transformers import (
 
 import sfm_d2
 from sfm_d2.checkpoint import convert_hf_mask2former, load_pretrained, save_converted
-from sfm_d2.hf_mask2former import as_opts
+from sfm_d2.hf_mask2former import as_opts, hf_config_options
 
 TINY = Path(__file__).parent / "configs" / "tiny_mask2former.yaml"
 SWITCHES = ("WARPED_POSITIONAL_ENCODING", "NONUNIFORM_UPSAMPLE", "LPRM", "WARPED_MASK_ATTENTION")
@@ -60,8 +60,11 @@ def hf_config(backbone: str, pre_norm: bool = False) -> Mask2FormerConfig:
 
 
 @torch.no_grad()
-def randomise(model: nn.Module, seed: int) -> None:
-    """Every parameter and running statistic random (no 0/1 init can hide a mapping error)."""
+def randomise(model: nn.Module, seed: int, spread: float = 0.3) -> None:
+    """Every parameter and running statistic random (no 0/1 init can hide a mapping error).
+
+    Matrices ~ N(0, 1/fan_in); norm weights 1 + spread·N(0, 1); other vectors spread·N(0, 1).
+    """
     gen = torch.Generator().manual_seed(seed)
     norm_weights = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, _NORMS)}
     for name, p in model.named_parameters():
@@ -69,9 +72,9 @@ def randomise(model: nn.Module, seed: int) -> None:
         if p.dim() > 1:
             p.copy_(noise / math.sqrt(p[0].numel()))
         elif name in norm_weights:
-            p.copy_(1 + 0.3 * noise)
+            p.copy_(1 + spread * noise)
         else:
-            p.copy_(0.3 * noise)
+            p.copy_(spread * noise)
     for name, b in model.named_buffers():
         if name.endswith("running_mean"):
             b.copy_(0.2 * torch.randn(b.shape, generator=gen))
@@ -79,20 +82,33 @@ def randomise(model: nn.Module, seed: int) -> None:
             b.copy_(0.5 + torch.rand(b.shape, generator=gen))
 
 
-def hf_model(backbone: str, pre_norm: bool = False, seed: int = 0) -> nn.Module:
+def hf_model(
+    backbone: str, pre_norm: bool = False, seed: int = 0, spread: float = 0.3
+) -> nn.Module:
     model = Mask2FormerForUniversalSegmentation(hf_config(backbone, pre_norm))
-    randomise(model, seed)
+    randomise(model, seed, spread)
     return model.eval()
 
 
-def our_config(options: dict[str, Any], *, sfm: bool, extra: Sequence[Any] = ()) -> CfgNode:
-    """The tiny yaml + the options the Hugging Face config implies; SFM fully on or fully off."""
+def our_opts(options: dict[str, Any], *, sfm: bool) -> list[str]:
+    """Command-line overrides of the tiny yaml: the options the Hugging Face config implies, no
+    size divisibility (odd batches), eval-friendly norms; SFM fully on or fully off."""
     opts: list[Any] = [*as_opts(options), "MODEL.MASK_FORMER.SIZE_DIVISIBILITY", 0]
     opts += ["MODEL.SWIN.DROP_PATH_RATE", 0.0, "MODEL.RESNETS.NORM", "FrozenBN"]
     opts += ["MODEL.SFM.ARS_STAGES", ["res3", "res4", "res5"] if sfm else []]
     for switch in SWITCHES:
         opts += [f"MODEL.SFM.MASK2FORMER.{switch}", sfm]
-    return sfm_d2.load_config(TINY, [*opts, *extra])
+    return [str(value) for value in opts]
+
+
+def our_config(options: dict[str, Any], *, sfm: bool) -> CfgNode:
+    """The tiny yaml with :func:`our_opts`."""
+    return sfm_d2.load_config(TINY, our_opts(options, sfm=sfm))
+
+
+def hf_config_options_of(model: nn.Module) -> dict[str, Any]:
+    """What :func:`hf_config_options` reads from the model's config.json."""
+    return hf_config_options(model.config.to_dict())
 
 
 class Converted(NamedTuple):
