@@ -24,14 +24,18 @@ MASK_SIZE = (14, 18)
 
 
 def official_sine_pe(x: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:
-    """Mask2Former's normalised sine encoding as written there (cumsum of an all-valid mask)."""
+    """Mask2Former's normalised sine encoding: the cumulative sum of an all-valid mask divided by
+    its last value + 1e-6, so pixel ``j`` of ``n`` sits at ``(j + 1) / (n + 1e-6)`` (as in
+    Mask2Former's position_encoding.py and Hugging Face's port; test_m2f_hf_equivalence.py checks
+    the whole head against the latter)."""
     batch, _, height, width = x.shape
+    dtype = x.dtype
     not_mask = torch.ones(batch, height, width, dtype=torch.bool)
-    y_embed = not_mask.cumsum(1, dtype=torch.float32)
-    x_embed = not_mask.cumsum(2, dtype=torch.float32)
-    y_embed = (y_embed - 0.5) / (y_embed[:, -1:, :] + 1e-6) * (2 * math.pi)
-    x_embed = (x_embed - 0.5) / (x_embed[:, :, -1:] + 1e-6) * (2 * math.pi)
-    dim_t = torch.arange(num_feats, dtype=torch.float32)
+    y_embed = not_mask.cumsum(1, dtype=dtype)
+    x_embed = not_mask.cumsum(2, dtype=dtype)
+    y_embed = y_embed / (y_embed[:, -1:, :] + 1e-6) * (2 * math.pi)
+    x_embed = x_embed / (x_embed[:, :, -1:] + 1e-6) * (2 * math.pi)
+    dim_t = torch.arange(num_feats, dtype=dtype)
     dim_t = temperature ** (2 * (dim_t // 2) / num_feats)
     pos_x = x_embed[:, :, :, None] / dim_t
     pos_y = y_embed[:, :, :, None] / dim_t
@@ -75,18 +79,49 @@ def make_inputs(
 # --- positional encoding -------------------------------------------------------------------------
 
 
-def test_uniform_pe_equals_the_official_formula() -> None:
-    x = torch.randn(2, 3, 5, 7)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_uniform_pe_equals_the_official_formula(dtype: torch.dtype) -> None:
+    x = torch.randn(2, 3, 5, 7, dtype=dtype)
     ours = PositionEmbeddingSine(num_feats=8)(x)
     assert ours.shape == (2, 16, 5, 7)
-    torch.testing.assert_close(ours, official_sine_pe(x, 8), rtol=0, atol=1e-6)
+    assert ours.dtype == dtype
+    atol = 1e-6 if dtype == torch.float32 else 1e-14
+    torch.testing.assert_close(ours, official_sine_pe(x, 8), rtol=0, atol=atol)
 
 
-def test_pe_from_identity_positions_equals_the_uniform_lattice() -> None:
-    x = torch.randn(2, 3, 6, 4)
+def test_pe_is_not_the_half_pixel_shifted_lattice() -> None:
+    # The lattice (j + 0.5) / (n + eps) an earlier version used differs by half a pixel: the
+    # reference above must tell the two apart, or it pins nothing.
+    x = torch.randn(1, 3, 5, 7, dtype=torch.float64)
+    shifted = (
+        identity_positions(1, 5, 7, dtype=torch.float64)
+        * torch.tensor([7.0, 5.0]).view(1, 2, 1, 1)
+        / torch.tensor([7 + 1e-6, 5 + 1e-6]).view(1, 2, 1, 1)
+    )
+    wrong = sine_position_encoding(shifted.double(), num_feats=8)
+    assert (wrong - official_sine_pe(x, 8)).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pe_from_identity_positions_is_the_uniform_lattice_bit_for_bit(dtype: torch.dtype) -> None:
+    # SFM with a fresh ARS hands the decoder pixel-centre positions: the grid-aware encoding must
+    # then be exactly the plain one, so the model starts from plain Mask2Former.
+    x = torch.randn(2, 3, 6, 4, dtype=dtype)
     layer = PositionEmbeddingSine(num_feats=16)
-    from_positions = layer(x, identity_positions(2, 6, 4))
-    torch.testing.assert_close(from_positions, layer(x), rtol=0, atol=2e-5)
+    from_positions = layer(x, identity_positions(2, 6, 4, dtype=dtype))
+    assert torch.equal(from_positions, layer(x))
+
+
+def test_pe_of_a_warped_level_uses_the_official_scale() -> None:
+    # A position p on an n-wide map is encoded where Mask2Former would encode the continuous
+    # pixel index p*n - 0.5: (p*n + 0.5) / (n + eps). Half-way between pixel centres 1 and 2 of a
+    # 4-wide map (p = 0.5) is index 1.5, encoded as 2.5 / (4 + eps).
+    positions = torch.full((1, 2, 3, 4), 0.5, dtype=torch.float64)
+    encoded = PositionEmbeddingSine(num_feats=2)(torch.zeros(1, 1, 3, 4), positions)
+    expected_x = 2.5 / (4 + 1e-6) * 2 * math.pi
+    expected_y = 2.0 / (3 + 1e-6) * 2 * math.pi
+    torch.testing.assert_close(encoded[0, 2], torch.full((3, 4), math.sin(expected_x)).double())
+    torch.testing.assert_close(encoded[0, 0], torch.full((3, 4), math.sin(expected_y)).double())
 
 
 def test_pe_follows_the_positions_pixel_by_pixel() -> None:

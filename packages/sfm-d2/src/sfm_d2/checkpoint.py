@@ -1,5 +1,15 @@
-"""ImageNet checkpoints of Swin and ConvNeXt → files detectron2's checkpointer loads into the SFM
-backbones, and a report of which keys loaded.
+"""Pretrained checkpoints → files detectron2's checkpointer loads into the SFM models, and a report
+of which keys loaded.
+
+Two kinds of source:
+
+* ImageNet backbones (Swin, ConvNeXt; below), loaded into a backbone by suffix matching;
+* trained Mask2Former models: a Hugging Face model directory (:func:`convert_hf_mask2former`,
+  the renaming lives in :mod:`sfm_d2.hf_mask2former`) or an official detectron2 model-zoo file,
+  which ``SFMMaskFormer`` loads as it is (same parameter names). In a model with SFM on, the ARS
+  modules and the LPRM cascade are the only keys without a pretrained value; both start as the
+  identity, so the model starts as the trained Mask2Former (:func:`key_report` with
+  ``full_model=True``).
 
 Accepted sources: the official releases (microsoft/Swin-Transformer ``{"model": ...}``, patch
 merging at the *end* of stage ``i`` as ``layers.i.downsample``; facebookresearch/ConvNeXt
@@ -25,8 +35,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from sfm_core.nn import AdaptiveResampling
+from sfm_core.nn import AdaptiveResampling, LocalPixelRelation
 from sfm_d2.engine.checkpointer import SFMCheckpointer
+from sfm_d2.hf_mask2former import (
+    HFConverted,
+    convert_hf_state_dict,
+    hf_config_options,
+    read_hf_config,
+    read_hf_state_dict,
+)
 from sfm_d2.modeling.backbone.convnext import SFMConvNeXt
 from sfm_d2.modeling.backbone.swin import SFMSwinTransformer
 from sfm_d2.safe_load import load_checkpoint_dict
@@ -141,17 +158,23 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, Any]:
     return loaded
 
 
-def save_converted(model: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+def save_converted(
+    model: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    *,
+    matching_heuristics: bool = True,
+) -> None:
     """Write ``{"model", "__author__", "matching_heuristics"}`` atomically as .pth or .pkl.
 
     ``.pkl`` stores numpy arrays (detectron2's model-zoo convention, what Mask2Former's configs
-    point at); ``.pth`` stores tensors and loads with ``weights_only=True``.
+    point at); ``.pth`` stores tensors and loads with ``weights_only=True``. A whole model's keys
+    are full names: write them with ``matching_heuristics=False`` (exact names, as the model zoo).
     """
     target = Path(path)
     if target.suffix not in (".pth", ".pkl"):
         raise ValueError(f"path must end in .pth or .pkl, got {str(path)!r}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    payload: dict[str, Any] = {"__author__": AUTHOR, "matching_heuristics": True}
+    payload: dict[str, Any] = {"__author__": AUTHOR, "matching_heuristics": matching_heuristics}
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
         with os.fdopen(handle, "wb") as file:
@@ -176,9 +199,13 @@ def _as_numpy(value: torch.Tensor) -> np.ndarray[Any, Any]:
 class KeyReport(NamedTuple):
     """Which model keys a checkpoint filled (detectron2's suffix matching) and which it did not.
 
-    ``new``: keys with no pretrained value by design (ARS modules, the per-level feature norms).
+    ``new``: keys with no pretrained value by design (ARS modules; from an ImageNet backbone also
+    the per-level feature norms; from a whole Mask2Former also the LPRM cascade).
     ``missing``: other model keys without a value; ``mismatched``: matched but of another shape
     (detectron2 skips them); ``unexpected``: checkpoint keys that matched no model key.
+    ``ignored``: neither weights nor problems: the checkpoint's derived buffers
+    (``relative_position_index``, ``attn_mask``, rebuilt from the window size) and BatchNorm
+    ``num_batches_tracked`` counters of pretrained modules the checkpoint lacks.
     """
 
     loaded: list[str]
@@ -186,6 +213,7 @@ class KeyReport(NamedTuple):
     missing: list[str]
     mismatched: list[str]
     unexpected: list[str]
+    ignored: list[str]
 
     @property
     def ok(self) -> bool:
@@ -194,7 +222,10 @@ class KeyReport(NamedTuple):
 
     def format(self) -> str:
         """A short human-readable summary listing every problem key."""
-        lines = [f"loaded {len(self.loaded)} keys; new (not pretrained): {len(self.new)}"]
+        lines = [
+            f"loaded {len(self.loaded)} keys; new (not pretrained): {len(self.new)}; "
+            f"ignored: {len(self.ignored)}"
+        ]
         for title, keys in (
             ("new", _group(self.new)),
             ("MISSING", self.missing),
@@ -209,52 +240,108 @@ def _group(keys: Iterable[str]) -> list[str]:
     """Collapse keys to their module prefixes (``ars.res3.*``), for a short listing."""
     prefixes: dict[str, int] = {}
     for key in keys:
-        match = re.match(r"(.*?\bars\.res\d|.*?\bnorm\d)\.", key)
+        match = re.match(r"(.*?\bars\.res\d|.*?\bmask_refiner|.*?\bnorm\d)\.", key)
         prefix = f"{match.group(1)}.*" if match else key
         prefixes[prefix] = prefixes.get(prefix, 0) + 1
     return [f"{prefix} ({count} tensors)" for prefix, count in sorted(prefixes.items())]
 
 
-def new_module_prefixes(model: nn.Module) -> list[str]:
-    """Prefixes of the modules no ImageNet checkpoint has: ARS, and Swin/ConvNeXt ``norm{i}``."""
+def new_module_prefixes(model: nn.Module, *, full_model: bool = False) -> list[str]:
+    """Prefixes of the modules a pretrained checkpoint cannot have: ARS, plus Swin/ConvNeXt
+    ``norm{i}`` (ImageNet backbones lack them) or, with ``full_model``, the LPRM cascade (a
+    trained Mask2Former lacks it; its feature norms are part of the model)."""
     prefixes = []
     for name, module in model.named_modules():
         dotted = f"{name}." if name else ""
-        if isinstance(module, AdaptiveResampling):
+        if isinstance(module, AdaptiveResampling) or (
+            full_model and isinstance(module, LocalPixelRelation)
+        ):
             prefixes.append(dotted)
-        elif isinstance(module, (SFMSwinTransformer, SFMConvNeXt)):
+        elif not full_model and isinstance(module, (SFMSwinTransformer, SFMConvNeXt)):
             prefixes.extend(f"{dotted}norm{i}." for i in range(4))
     return prefixes
 
 
-def key_report(model: nn.Module, checkpoint: Mapping[str, Any]) -> KeyReport:
-    """Match ``checkpoint``'s keys to ``model``'s as detectron2's heuristics do, and classify."""
+def key_report(
+    model: nn.Module,
+    checkpoint: Mapping[str, Any],
+    *,
+    full_model: bool = False,
+    exact: bool = False,
+) -> KeyReport:
+    """Match ``checkpoint``'s keys to ``model``'s and classify them.
+
+    Matching is detectron2's: exact names when ``exact`` (a file without
+    ``matching_heuristics``), else each model key takes the longest checkpoint key that is its
+    dotted suffix. ``full_model``: the checkpoint is a whole trained Mask2Former (see
+    :func:`new_module_prefixes`).
+    """
     model_state = model.state_dict()
-    new_prefixes = tuple(new_module_prefixes(model))
+    new_prefixes = tuple(new_module_prefixes(model, full_model=full_model))
     used: set[str] = set()
     loaded: list[str] = []
     new: list[str] = []
     missing: list[str] = []
     mismatched: list[str] = []
+    ignored: list[str] = []
     for key, tensor in model_state.items():
-        candidates = [c for c in checkpoint if key == c or key.endswith("." + c)]
+        if exact:
+            candidates = [key] if key in checkpoint else []
+        else:
+            candidates = [c for c in checkpoint if key == c or key.endswith("." + c)]
         if not candidates:
-            (new if key.startswith(new_prefixes) else missing).append(key)
+            if key.startswith(new_prefixes):
+                new.append(key)
+            else:
+                (ignored if key.endswith(".num_batches_tracked") else missing).append(key)
             continue
         source = max(candidates, key=len)
         used.add(source)
         shape = tuple(np.shape(checkpoint[source]))
         (loaded if shape == tuple(tensor.shape) else mismatched).append(key)
-    unexpected = [k for k in checkpoint if k not in used]
-    return KeyReport(loaded, new, missing, mismatched, unexpected)
+    unexpected = []
+    for key in checkpoint:
+        if key not in used:
+            (ignored if key.endswith(_DERIVED_BUFFERS) else unexpected).append(key)
+    return KeyReport(loaded, new, missing, mismatched, unexpected, ignored)
 
 
 def read_converted(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``"model"`` entries of a file written by :func:`save_converted` (.pth or .pkl)."""
-    return dict(load_checkpoint_dict(path)["model"])  # numpy/tensors only (sfm_d2.safe_load)
+    return dict(read_model_file(path)["model"])
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike[str]) -> KeyReport:
-    """Load a converted file into ``model`` with detectron2's checkpointer; report the keys."""
+def read_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint file as detectron2's checkpointer reads it (``"model"`` always present),
+    through :mod:`sfm_d2.safe_load` (numpy/tensors only, never pickled code)."""
+    loaded = load_checkpoint_dict(path)
+    if "model" not in loaded:
+        loaded = {"model": loaded}
+    if not isinstance(loaded["model"], Mapping):
+        raise ValueError(f"{path}: 'model' must hold a state dict, got {type(loaded['model'])}")
+    return loaded
+
+
+def load_pretrained(
+    model: nn.Module, path: str | os.PathLike[str], *, full_model: bool = False
+) -> KeyReport:
+    """Load a checkpoint file into ``model`` with detectron2's checkpointer; report the keys.
+
+    ``full_model``: the file is a whole trained Mask2Former (an official model-zoo file, a
+    converted Hugging Face one, a ``model_final.pth``), not an ImageNet backbone.
+    """
     SFMCheckpointer(model).load(str(path), checkpointables=[])
-    return key_report(model, read_converted(path))
+    loaded = read_model_file(path)
+    exact = not loaded.get("matching_heuristics", False)
+    return key_report(model, loaded["model"], full_model=full_model, exact=exact)
+
+
+def convert_hf_mask2former(
+    directory: str | os.PathLike[str],
+) -> tuple[HFConverted, dict[str, Any]]:
+    """A Hugging Face Mask2Former model directory → official-named tensors, and the detectron2
+    config values its ``config.json`` implies (:func:`sfm_d2.hf_mask2former.hf_config_options`).
+    Write the tensors with ``save_converted(..., matching_heuristics=False)``."""
+    options = hf_config_options(read_hf_config(directory))
+    converted = convert_hf_state_dict(read_hf_state_dict(directory))
+    return converted, options

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from sfm_core._checks import check_positive, compute_dtype
-from sfm_core.functional.positions import check_positions
+from sfm_core.functional.positions import check_positions, identity_positions
 
 # Mask2Former's normalisation divides by (last cumulative index + eps): kept so that the uniform
-# path reproduces the official numbers, not just the same lattice.
+# path reproduces the official numbers, not just the same lattice (mask2former_coordinates).
 _OFFICIAL_EPS = 1e-6
 
 
@@ -47,16 +47,19 @@ def sine_position_encoding(
     return torch.cat((y_feats, x_feats), dim=-1).permute(0, 3, 1, 2).contiguous()
 
 
-def uniform_lattice(
-    batch: int, height: int, width: int, *, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """Mask2Former's normalised lattice ``(j + 0.5) / (n + 1e-6)`` as positions ``[B, 2, h, w]``."""
-    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / (width + _OFFICIAL_EPS)
-    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / (height + _OFFICIAL_EPS)
-    lattice = torch.stack(
-        (xs.view(1, -1).expand(height, width), ys.view(-1, 1).expand(height, width))
-    )
-    return lattice.unsqueeze(0).expand(batch, 2, height, width)
+def mask2former_coordinates(positions: torch.Tensor) -> torch.Tensor:
+    """Image positions ``[B, 2, h, w]`` of an ``h x w`` map → the coordinates Mask2Former encodes.
+
+    Mask2Former normalises the cumulative sum of an all-valid mask: pixel ``j`` of an ``n``-wide
+    map gets ``(j + 1) / (n + 1e-6)``, its *far* edge, not its centre. A pixel at normalised image
+    position ``p`` sits at continuous index ``p·n − 0.5`` of the map, so it gets
+    ``(p·n + 0.5) / (n + 1e-6)``: the pixel centres ``(j + 0.5) / n`` give the official lattice,
+    and a warped level's true positions are encoded on the same scale.
+    """
+    check_positions(positions)
+    height, width = positions.shape[-2:]
+    sizes = positions.new_tensor([width, height]).view(1, 2, 1, 1)
+    return (positions * sizes + 0.5) / (sizes + _OFFICIAL_EPS)
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -74,8 +77,10 @@ class PositionEmbeddingSine(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Encoding ``[B, 2*num_feats, h, w]`` of map ``x [B, C, h, w]`` (float32 or wider).
 
-        ``positions`` None: the official Mask2Former lattice. Otherwise the true normalised image
-        positions ``[B, 2, h, w]`` of ``x``'s pixels (grid-aware encoding).
+        ``positions`` None: the official Mask2Former lattice (the pixel centres, so that the
+        grid-aware encoding of a uniform level is the plain one bit for bit). Otherwise the true
+        normalised image positions ``[B, 2, h, w]`` of ``x``'s pixels (grid-aware encoding).
+        Both go through :func:`mask2former_coordinates`.
         """
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -83,7 +88,7 @@ class PositionEmbeddingSine(nn.Module):
         batch, _, height, width = x.shape
         if positions is None:
             dtype = compute_dtype(x.dtype) if x.dtype.is_floating_point else torch.float32
-            positions = uniform_lattice(batch, height, width, device=x.device, dtype=dtype)
+            positions = identity_positions(batch, height, width, device=x.device, dtype=dtype)
         else:
             check_positions(positions)
             if positions.shape[0] != batch or positions.shape[-2:] != (height, width):
@@ -91,7 +96,8 @@ class PositionEmbeddingSine(nn.Module):
                     f"positions must be [B, 2, h, w] = [{batch}, 2, {height}, {width}] to match "
                     f"x, got shape {tuple(positions.shape)}"
                 )
-        return sine_position_encoding(positions, self.num_feats, self.temperature)
+        coordinates = mask2former_coordinates(positions.to(compute_dtype(positions.dtype)))
+        return sine_position_encoding(coordinates, self.num_feats, self.temperature)
 
     def extra_repr(self) -> str:
         return f"num_feats={self.num_feats}, temperature={self.temperature}"
