@@ -38,7 +38,8 @@ class SFMTrainer(ResumableTrainerMixin, DefaultTrainer):  # type: ignore[misc]
     * train data: the mapper named by ``INPUT.DATASET_MAPPER_NAME`` (:func:`sfm_d2.data.build_mapper`);
     * test data: detectron2's ``DatasetMapper`` (whole images after the test resize);
     * evaluation: :class:`~sfm_d2.evaluation.SFMSemSegEvaluator` for semantic datasets; each
-      evaluation writes ``OUTPUT_DIR/inference/<dataset>/sem_seg_evaluation.json``;
+      evaluation writes detectron2's ``sem_seg_evaluation.pth`` and ``sem_seg_predictions.json``
+      and SFM's ``sem_seg_evaluation.json`` to ``OUTPUT_DIR/inference/<dataset>/``;
     * optimizer / LR schedule: :mod:`sfm_d2.engine.solver`;
     * checkpoints and resume: :mod:`sfm_d2.engine.resumable` (exact resume, atomic files).
     """
