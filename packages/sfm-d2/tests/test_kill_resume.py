@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 import torch
 
+from sfm_d2.data.config_datasets import QUICK_FINEDETAIL_NAMES
 from sfm_d2.engine.checkpointer import PAUSE_ENV, TEMP_PREFIX
-from sfm_d2.engine.datasets import QUICK_FINEDETAIL_NAMES
 from sfm_d2.engine.resumable import ResumableTrainingSampler
 
 REPO = Path(__file__).resolve().parents[3]
@@ -125,7 +125,7 @@ def test_killed_and_resumed_runs_end_identical_to_an_unkilled_run(
         [
             sys.executable,
             "-c",
-            "from sfm_d2.engine.datasets import _load_quick_finedetail as f;f('train')",
+            "from sfm_d2.data.config_datasets import _load_quick_finedetail as f;f('train')",
         ],
         env=env,
         check=True,

@@ -21,9 +21,9 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from sfm_d2.data.config_datasets import QUICK_FINEDETAIL_NAMES
 from sfm_d2.engine import SFMTrainer, default_argument_parser, register_datasets
 from sfm_d2.engine.cli import launch_device, load_cfg
-from sfm_d2.engine.datasets import QUICK_FINEDETAIL_NAMES
 from sfm_d2.evaluation import SFMSemSegEvaluator
 
 REPO = Path(__file__).resolve().parents[3]

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _common import input_arguments, model_arguments, samples
+from _common import input_arguments, load_model, model_arguments, samples
 
 import sfm_d2  # noqa: F401  (first: its compatibility layer must run before detectron2 loads)
 from sfm_core.analysis import AliasingReport
-from sfm_d2.demo import load_trained, model_aliasing
+from sfm_d2.demo import model_aliasing
 from sfm_d2.demo.models import normalized_batch
 
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
     model_arguments(parser)
     args = parser.parse_args(argv)
-    cfg, model = load_trained(args.config_file, args.weights, args.opts)
+    cfg, model = load_model(args)
     images = [sample.image for sample in samples(cfg, args)]
     if not images:
         parser.error("no images: give --input files or a non-empty --dataset")

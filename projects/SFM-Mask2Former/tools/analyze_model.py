@@ -13,10 +13,10 @@ import argparse
 import sys
 
 import torch
-from _common import model_arguments
+from _common import load_model, model_arguments
 
 import sfm_d2  # noqa: F401  (first: its compatibility layer must run before detectron2 loads)
-from sfm_d2.demo import count_flops, count_parameters, load_trained
+from sfm_d2.demo import count_flops, count_parameters
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     model_arguments(parser, weights_required=False)
     args = parser.parse_args(argv)
-    cfg, model = load_trained(args.config_file, args.weights, args.opts, require_weights=False)
+    cfg, model = load_model(args, require_weights=False)
     height, width = args.size or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
     flops, skipped = count_flops(model, image)

@@ -14,10 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from _common import input_arguments, model_arguments, samples
+from _common import input_arguments, load_model, model_arguments, samples
 
 import sfm_d2  # noqa: F401  (first: its compatibility layer must run before detectron2 loads)
-from sfm_d2.demo import ars_views, load_trained
+from sfm_d2.demo import ars_views
 from sfm_d2.demo.figures import plot_ars_views
 from sfm_d2.demo.models import normalized_batch
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="sampling_grids", help="folder for the PNGs")
     model_arguments(parser)
     args = parser.parse_args(argv)
-    cfg, model = load_trained(args.config_file, args.weights, args.opts)
+    cfg, model = load_model(args)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     for sample in samples(cfg, args):

@@ -1,8 +1,9 @@
 """``add_sfm_config``: every config key sfm_d2 reads, so Mask2Former- and DeepLab-style yamls merge.
 
 Keys keep the official Mask2Former names and defaults (``add_maskformer2_config``), plus the
-DeepLab keys its yamls set (``add_deeplab_config``), plus ``MODEL.SFM.*``. Each key is added only
-when absent, so the function is idempotent and coexists with those two functions in any order.
+DeepLab keys its yamls set (``add_deeplab_config``), plus ``MODEL.SFM.*`` and
+``DATASETS.SFM_FOLDERS.*``. Each key is added only when absent, so the function is idempotent and
+coexists with those two functions in any order.
 """
 
 from __future__ import annotations
@@ -142,6 +143,21 @@ _CONVNEXT: dict[str, Any] = {
     }
 }
 
+# Folders of images and label maps that train_net registers in every worker
+# (sfm_d2.data.config_datasets; one entry per dataset in NAMES, IMAGE_ROOTS and LABEL_ROOTS).
+_DATASETS: dict[str, Any] = {
+    "DATASETS": {
+        "SFM_FOLDERS": {
+            "NAMES": [],
+            "IMAGE_ROOTS": [],
+            "LABEL_ROOTS": [],
+            "CLASSES": [],
+            "IMAGE_EXT": ".jpg",
+            "LABEL_EXT": ".png",
+        }
+    }
+}
+
 
 def _add_missing(node: CfgNode, defaults: Mapping[str, Any]) -> None:
     """Add every key of ``defaults`` that ``node`` lacks (recursively); keep existing values."""
@@ -155,12 +171,13 @@ def _add_missing(node: CfgNode, defaults: Mapping[str, Any]) -> None:
 
 
 def add_sfm_config(cfg: CfgNode) -> CfgNode:
-    """Add the keys of Mask2Former, the DeepLab keys its yamls use, ``MODEL.SWIN/CONVNEXT/SFM``.
+    """Add the keys of Mask2Former, the DeepLab keys its yamls use, ``MODEL.SWIN/CONVNEXT/SFM``
+    and ``DATASETS.SFM_FOLDERS``.
 
     Idempotent; keys that already exist (from an earlier call, ``add_maskformer2_config`` or
     ``add_deeplab_config``) keep their values. Returns ``cfg`` for chaining.
     """
-    for defaults in (_MASK2FORMER, _DEEPLAB_SHARED, _CONVNEXT, {"MODEL": {"SFM": _SFM}}):
+    for defaults in (_MASK2FORMER, _DEEPLAB_SHARED, _CONVNEXT, _DATASETS, {"MODEL": {"SFM": _SFM}}):
         _add_missing(cfg, defaults)
     return cfg
 

@@ -40,6 +40,13 @@ for _core in ("numpy.core", "numpy._core"):
     _ZOO_GLOBALS[(f"{_core}.numeric", "_frombuffer")] = _NUMPY_CORE.numeric._frombuffer
 
 
+# torch's weights-only failure text: the reason sits after "WeightsUnpickler error:", around it
+# torch advises re-running with weights_only=False, which this module must never suggest.
+_WEIGHTS_ONLY_REASON = re.compile(
+    r"WeightsUnpickler error:\s*(?P<reason>.*?)\s*(?:Check the documentation|$)", re.DOTALL
+)
+
+
 class UnsafeCheckpointError(ValueError):
     """The file would run code when unpickled; it was not loaded."""
 
@@ -117,8 +124,19 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_unsafe: bool | None =
         raise
     except Exception as error:  # every parser failure of a damaged file lands here
         raise CorruptCheckpointError(
-            f"{path}: not a readable checkpoint ({type(error).__name__}: {error})"
+            f"{path}: not a readable checkpoint ({type(error).__name__}: {_reason(error)})"
         ) from error
+
+
+def _reason(error: Exception) -> str:
+    """The parser's reason, without torch's advice to load with ``weights_only=False``."""
+    text = str(error)
+    match = _WEIGHTS_ONLY_REASON.search(text)
+    if match:
+        return match.group("reason") or "the weights-only unpickler stopped"
+    if "weights_only" in text:  # a torch message of another shape: drop it whole
+        return "the weights-only unpickler stopped"
+    return text
 
 
 def load_checkpoint_dict(

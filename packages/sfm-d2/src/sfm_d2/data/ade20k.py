@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sfm_d2.data.datasets import ADE20K_DIR, datasets_root
+from sfm_d2.data.registration import ADE20K_DIR, datasets_root
 from sfm_d2.data.validation import BadDataError
 
 ADE20K_NUM_CLASSES = 150

@@ -18,8 +18,8 @@ from PIL import Image
 from torch import nn
 
 from sfm_d2.config import load_config
+from sfm_d2.data.config_datasets import register_datasets
 from sfm_d2.engine.checkpointer import SFMCheckpointer
-from sfm_d2.engine.datasets import register_datasets
 
 
 def load_trained(

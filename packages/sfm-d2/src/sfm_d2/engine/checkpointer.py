@@ -3,6 +3,7 @@
 * Writes are atomic: each file (the checkpoint, its ``.sha256`` digest, the ``last_checkpoint``
   pointer) goes to a hidden temporary file in the same folder, is flushed and fsynced, renamed over
   its name, and the folder is fsynced. A kill at any moment leaves every name either old or new.
+  Files get mode 0666 less the umask, as detectron2's own checkpoints do.
 * The digest catches what ``torch.load`` does not: flipped bytes inside tensor data load silently
   (torch does not check the zip CRCs). Files without a digest (from elsewhere) load unverified.
 * Loading goes through :mod:`sfm_d2.safe_load` (``weights_only``; model-zoo ``.pkl`` by a
@@ -17,7 +18,7 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
+import secrets
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -46,10 +47,25 @@ def _fsync_folder(folder: str) -> None:
         os.close(descriptor)
 
 
+def _create_temporary(folder: str, prefix: str) -> tuple[int, str]:
+    """A new file in ``folder`` opened for writing, with the mode ``open()`` would give it.
+
+    ``tempfile.mkstemp`` makes 0600 files whatever the umask; here the kernel applies the umask
+    to 0666, as for detectron2's checkpoints (0644 under the usual umask 022).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        temporary = os.path.join(folder, prefix + secrets.token_hex(4))
+        try:
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+
+
 def atomic_write(path: str, write: Callable[[IO[bytes]], None], *, pause_s: float = 0.0) -> None:
     """Create or replace ``path`` with what ``write(file)`` writes, all or nothing."""
     folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX + os.path.basename(path))
+    handle, temporary = _create_temporary(folder, TEMP_PREFIX + os.path.basename(path))
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)

@@ -23,6 +23,7 @@ from sfm_d2.data import build_mapper
 from sfm_d2.engine.resumable import ResumableTrainerMixin
 from sfm_d2.engine.solver import build_lr_scheduler, build_optimizer
 from sfm_d2.evaluation import SFMSemSegEvaluator
+from sfm_d2.official_names import check_registered_names
 
 # Datasets whose labels are per-pixel class ids: detectron2's "cityscapes_sem_seg" builtins hold
 # train ids too, so the same evaluator measures them (cityscapesscripts is only needed for its
@@ -38,10 +39,17 @@ class SFMTrainer(ResumableTrainerMixin, DefaultTrainer):  # type: ignore[misc]
     * train data: the mapper named by ``INPUT.DATASET_MAPPER_NAME`` (:func:`sfm_d2.data.build_mapper`);
     * test data: detectron2's ``DatasetMapper`` (whole images after the test resize);
     * evaluation: :class:`~sfm_d2.evaluation.SFMSemSegEvaluator` for semantic datasets; each
-      evaluation writes ``OUTPUT_DIR/inference/<dataset>/sem_seg_evaluation.json``;
+      evaluation writes detectron2's ``sem_seg_evaluation.pth`` and ``sem_seg_predictions.json``
+      and SFM's ``sem_seg_evaluation.json`` to ``OUTPUT_DIR/inference/<dataset>/``;
     * optimizer / LR schedule: :mod:`sfm_d2.engine.solver`;
     * checkpoints and resume: :mod:`sfm_d2.engine.resumable` (exact resume, atomic files).
     """
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        check_registered_names(cfg)  # a hint instead of detectron2's bare registry KeyError
+        model: nn.Module = super().build_model(cfg)
+        return model
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode, start_iter: int = 0) -> Any:

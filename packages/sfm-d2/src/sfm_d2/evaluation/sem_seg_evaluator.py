@@ -4,10 +4,16 @@ Per image it adds the confusion matrix and the boundary counts (int64), so combi
 is an exact sum (one ``all_reduce``) and the result does not depend on how the images were split
 across processes. (detectron2's ``comm.all_gather`` would pickle the same tensors through a
 deprecated storage API that warns on current torch.)
+
+With an ``output_dir`` it writes the files of detectron2's ``SemSegEvaluator``:
+``sem_seg_predictions.json`` (per image and predicted class, a COCO RLE mask) and
+``sem_seg_evaluation.pth`` (the result dict, plain floats: ``torch.load(weights_only=True)`` reads
+it), and its own ``sem_seg_evaluation.json`` (results, classes, the confusion matrix).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -16,6 +22,7 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+import pycocotools.mask as mask_util
 import torch
 import torch.distributed as dist
 from PIL import Image
@@ -33,6 +40,28 @@ from sfm_d2.evaluation.confusion import confusion_matrix
 from sfm_d2.evaluation.summary import sem_seg_results
 
 logger = logging.getLogger(__name__)
+
+
+def _concatenate_over_processes(items: list[Any]) -> list[Any]:
+    """Every process's ``items``, in rank order (gloo and NCCL alike)."""
+    gathered: list[list[Any] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return list(itertools.chain.from_iterable(part or [] for part in gathered))
+
+
+def encode_sem_seg(
+    pred: np.ndarray, file_name: str, dataset_ids: dict[int, int] | None = None
+) -> list[dict[str, Any]]:
+    """detectron2's ``sem_seg_predictions.json`` records of one image: per predicted class, its
+    ``category_id`` (the dataset's id where the metadata maps one) and a COCO RLE mask."""
+    records = []
+    for label in np.unique(pred).tolist():
+        mask = np.asfortranarray((pred == label).astype(np.uint8)[:, :, None])
+        rle = mask_util.encode(mask)[0]
+        rle["counts"] = rle["counts"].decode("utf-8")
+        category = dataset_ids[label] if dataset_ids is not None else int(label)
+        records.append({"file_name": file_name, "category_id": category, "segmentation": rle})
+    return records
 
 
 def _sum_over_processes(*counts: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -85,11 +114,16 @@ class SFMSemSegEvaluator(DatasetEvaluator):  # type: ignore[misc]
         self._output_dir = output_dir
         self._boundary_width = boundary_width
         self._gt_files: dict[str, str] | None = None  # read from DatasetCatalog when first needed
+        to_contiguous = metadata.get("stuff_dataset_id_to_contiguous_id")
+        self._dataset_ids = (
+            {int(v): int(k) for k, v in to_contiguous.items()} if to_contiguous else None
+        )
         self.reset()
 
     def reset(self) -> None:
         self._confusion = torch.zeros(self._num_classes, self._num_classes, dtype=torch.int64)
         self._boundary = torch.zeros(2, self._num_classes, dtype=torch.int64)
+        self._predictions: list[dict[str, Any]] = []  # kept only when there is an output_dir
 
     def _gt_file_of(self, file_name: str) -> str:
         """The label file of an image, from the dataset's records (the test mapper drops it)."""
@@ -133,21 +167,39 @@ class SFMSemSegEvaluator(DatasetEvaluator):  # type: ignore[misc]
                 )
             except ValueError as error:
                 raise ValueError(f"{path}: {error}") from error
+            if self._output_dir:
+                self._predictions += encode_sem_seg(
+                    pred.numpy(), record["file_name"], self._dataset_ids
+                )
 
     def evaluate(self) -> OrderedDict[str, dict[str, float]] | None:
         confusion, boundary = self._confusion, self._boundary
+        predictions = self._predictions
         if self._distributed and comm.get_world_size() > 1:
             confusion, boundary = _sum_over_processes(confusion, boundary)
+            if self._output_dir:
+                predictions = _concatenate_over_processes(predictions)
             if not comm.is_main_process():
                 return None
         results = sem_seg_results(confusion, boundary, self._class_names)
         if self._output_dir:
-            self._save(results, confusion)
+            self._save(results, confusion, predictions)
         logger.info("%s: %s", self._dataset_name, results)
         return OrderedDict({"sem_seg": results})
 
-    def _save(self, results: dict[str, float], confusion: torch.Tensor) -> None:
+    def _save(
+        self,
+        results: dict[str, float],
+        confusion: torch.Tensor,
+        predictions: list[dict[str, Any]],
+    ) -> None:
         PathManager.mkdirs(self._output_dir)
+        path = os.path.join(self._output_dir, "sem_seg_predictions.json")
+        with PathManager.open(path, "w") as handle:
+            json.dump(predictions, handle)
+        path = os.path.join(self._output_dir, "sem_seg_evaluation.pth")
+        with PathManager.open(path, "wb") as handle:
+            torch.save({k: float(v) for k, v in results.items()}, handle)
         record = {
             "dataset": self._dataset_name,
             "boundary_width": self._boundary_width,

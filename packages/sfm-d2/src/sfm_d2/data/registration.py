@@ -12,7 +12,8 @@ registering replaces those builtins (fixed at detectron2's import) with validati
 
     $DETECTRON2_DATASETS/ADEChallengeData2016/
         images/{training,validation}/*.jpg
-        annotations_detectron2/{training,validation}/*.png   (tools/prepare_ade20k_sem_seg.py)
+        annotations_detectron2/{training,validation}/*.png   (the repository's
+                                                              tools/prepare_ade20k_sem_seg.py)
     $DETECTRON2_DATASETS/cityscapes/
         leftImg8bit/{train,val}/<city>/*_leftImg8bit.png
         gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png (cityscapesscripts createTrainIdLabelImgs)
@@ -187,7 +188,7 @@ def register_ade20k(root: str | os.PathLike[str] | None = None) -> list[str]:
     base = datasets_root(root) / ADE20K_DIR
     hint = (
         f" (expected {base}/images/<split>/*.jpg and {base}/annotations_detectron2/<split>/*.png;"
-        " create the latter with tools/prepare_ade20k_sem_seg.py)"
+        " create the latter with the repository's tools/prepare_ade20k_sem_seg.py)"
     )
     names = []
     for split, folder in ADE20K_SPLITS.items():
