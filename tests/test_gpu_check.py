@@ -24,9 +24,11 @@ from retag_pure_wheel import record_hash, retag  # noqa: E402
 def test_dry_run_takes_every_step_and_reports_it(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the driver sets it
     # install needs .whl/ (tools/gpu_wheels.sh, network); pytest-root is tests-triton's own run.
+    # The reference backend only: SFM Mask2Former on the triton backend takes minutes of CPU
+    # under the interpreter even at 64² (the full dry run, README "GPU check", runs it).
     command = [sys.executable, str(ROOT / "tools/gpu_check.py"), "--dry-run", "--out",
                str(tmp_path), "--skip", "install,pytest-root", "--models", "R50",
-               "--dtypes", "float32", "--budget", "1500"]  # fmt: skip
+               "--dtypes", "float32", "--backends", "reference", "--budget", "1500"]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
@@ -45,12 +47,12 @@ def test_dry_run_takes_every_step_and_reports_it(tmp_path: Path) -> None:
     assert results["pytest-triton-gpu"]["tests"] > 0
     assert results["pytest-triton-gpu"]["skipped"] == results["pytest-triton-gpu"]["tests"]
     assert results["bench-kernels"]["rows"] > 0
-    assert results["bench-kernels"]["failed"] == []
+    assert results["bench-kernels"]["wrong"] == []  # dry-run timings miss targets; errors may not
     m2f = results["bench-mask2former"]
-    assert m2f["rows"] == 4  # R50 fp32: triton and reference, plain and sfm
+    assert m2f["rows"] == 2  # R50 fp32 reference: plain and sfm
     assert m2f["errors"] == []
     (summary,) = m2f["summary"]
-    assert {"triton_speedup_sfm_share", "triton_sfm_overhead_train_ms"} <= set(summary)
+    assert {"reference_sfm_overhead_train_ms", "reference_sfm_overhead_infer_ms"} <= set(summary)
     assert len(report["files"]) <= 8  # what the device tool brings back
     assert "===== bench-mask2former" in (tmp_path / "gpu_check.log").read_text()
 
