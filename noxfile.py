@@ -102,10 +102,15 @@ def tests_d2(session: nox.Session) -> None:
     build runs detectron2's setup.py, which imports torch, so torch goes in first.
     """
     wheel = detectron2_wheel(session)
-    install(session, CORE, f"{D2}[test]", wheel)
+    install(session, CORE, TRITON, f"{D2}[test]", wheel)
     # tests/test_project_configs.py: every yaml under projects/ loads and builds (needs detectron2).
+    # tests/test_gpu_check.py: the GPU check's dry run (sfm-triton under the interpreter + d2).
     session.run(
-        "pytest", "packages/sfm-d2/tests", "tests/test_project_configs.py", *session.posargs
+        "pytest",
+        "packages/sfm-d2/tests",
+        "tests/test_project_configs.py",
+        "tests/test_gpu_check.py",
+        *session.posargs,
     )
 
 
@@ -161,13 +166,24 @@ def tests_newest(session: nox.Session) -> None:
     session.run("pytest", "-m", "not gpu", *NEWEST_TESTS, *session.posargs)
 
 
+@nox.session(name="gpu-wheels", python=PYTHON)
+def gpu_wheels(session: nox.Session) -> None:
+    """Fill .whl/ with the wheels the offline GPU machine lacks (tools/gpu_wheels.sh says which).
+
+    Not a default session. tools/gpu_check.sh installs them there; packages/sfm-triton/README.md
+    ("GPU check") gives the device call that carries .whl.
+    """
+    wheel = detectron2_wheel(session)
+    python = str(Path(session.bin) / "python")
+    session.run("bash", "tools/gpu_wheels.sh", wheel, env={"PYTHON": python}, external=True)
+
+
 @nox.session(python=False)
 def gpu(session: nox.Session) -> None:
-    """The GPU machine's checks, for reference: it has no nox, so run these commands there.
+    """The kernel checks in a Python that has CUDA, torch and triton (not a default session).
 
-    pip install --no-deps --no-build-isolation -e packages/sfm-core -e packages/sfm-triton
-    python -m pytest -m gpu packages/sfm-triton/tests
-    python packages/sfm-triton/benchmarks/bench_kernels.py
+    The GPU machine has no nox: there, ``bash tools/gpu_check.sh`` runs these and every other GPU
+    check in one call (packages/sfm-triton/README.md, "GPU check").
     """
     session.run(
         "python", "-m", "pytest", "-m", "gpu", "packages/sfm-triton/tests", *session.posargs
