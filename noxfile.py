@@ -176,8 +176,9 @@ def tests_newest(session: nox.Session) -> None:
 
     Only the detectron2 wheel is built with the pinned build tools (its sdist cannot be built
     otherwise); everything is then upgraded to the newest releases, setuptools>=82 included, so
-    detectron2 0.6 runs on sfm_d2.compat's stand-ins. (detectron2's current source is not on a
-    registry: users who build it get the same sfm_d2 code paths, minus the stand-ins.)
+    detectron2 0.6 runs on sfm_d2.compat's stand-ins (np.int, np.float, PIL.Image.LINEAR,
+    pkg_resources). detectron2's main branch, which users who build from source get, is tested
+    by tests-d2-main; with setuptools>=82 it needs the pkg_resources stand-in too.
     """
     session.env["TRITON_INTERPRET"] = "1"
     session.env["SFM_TRITON_REQUIRE_RUNTIME"] = "1"
