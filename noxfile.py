@@ -114,6 +114,39 @@ def tests_d2(session: nox.Session) -> None:
     )
 
 
+DETECTRON2_MAIN_WHEEL_SCRIPT = "tools/build_detectron2_main_wheel.sh"
+
+
+def detectron2_main_wheel(session: nox.Session) -> str:
+    """Path of a detectron2 wheel built from its main branch (real CPU `_C`), or found cached.
+
+    The compile runs against this env's torch, with setuptools and ninja; the wheel is cached
+    outside the clone (tools/build_detectron2_main_wheel.sh says where and how it is keyed).
+    """
+    install(session, "torch", "setuptools", "pip", "ninja")
+    python = str(Path(session.bin) / "python")
+    output = session.run(
+        "bash", DETECTRON2_MAIN_WHEEL_SCRIPT, env={"PYTHON": python}, silent=True, external=True
+    )
+    wheel = str(output).strip().splitlines()[-1]
+    session.log(f"detectron2 wheel: {wheel}")
+    return wheel
+
+
+@nox.session(name="tests-d2-main", python=PYTHON)
+def tests_d2_main(session: nox.Session) -> None:
+    """tests-d2's suite against detectron2 built from its main branch, as its install docs say.
+
+    Same pins as tests-d2; only detectron2 differs (commit 02b5c4e with the C++ extension). The
+    first run compiles it (minutes); later runs, from any clone, reuse the cached wheel.
+    """
+    wheel = detectron2_main_wheel(session)
+    install(session, CORE, f"{D2}[test]", wheel)
+    session.run(
+        "pytest", "packages/sfm-d2/tests", "tests/test_project_configs.py", *session.posargs
+    )
+
+
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """The README's main command: baseline vs SFM Mask2Former on the built-in fine-detail dataset.
@@ -148,8 +181,9 @@ def tests_newest(session: nox.Session) -> None:
 
     Only the detectron2 wheel is built with the pinned build tools (its sdist cannot be built
     otherwise); everything is then upgraded to the newest releases, setuptools>=82 included, so
-    detectron2 0.6 runs on sfm_d2.compat's stand-ins. (detectron2's current source is not on a
-    registry: users who build it get the same sfm_d2 code paths, minus the stand-ins.)
+    detectron2 0.6 runs on sfm_d2.compat's stand-ins (np.int, np.float, PIL.Image.LINEAR,
+    pkg_resources). detectron2's main branch, which users who build from source get, is tested
+    by tests-d2-main; with setuptools>=82 it needs the pkg_resources stand-in too.
     """
     session.env["TRITON_INTERPRET"] = "1"
     session.env["SFM_TRITON_REQUIRE_RUNTIME"] = "1"

@@ -29,6 +29,7 @@ from detectron2.utils import comm
 
 CLASSES = ["sky", "wire", "pole", "absent"]
 SHARES = {0: [0], 1: [1, 2]}
+JOIN_TIMEOUT_S = 300  # the workers are forked after the imports; gloo setup + evaluation remain
 
 
 def worker(rank: int, root: Path) -> None:
@@ -62,7 +63,11 @@ if __name__ == "__main__":
     for process in workers:
         process.start()
     for process in workers:
-        process.join(timeout=120)
+        process.join(timeout=JOIN_TIMEOUT_S)
+    for process in workers:  # one stuck in a collective would keep this script alive at exit
+        if process.is_alive():
+            process.kill()
+            process.join()
     codes = [process.exitcode for process in workers]
     if codes != [0, 0]:
         sys.exit(f"workers exited with {codes}")

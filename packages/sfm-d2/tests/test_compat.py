@@ -49,6 +49,17 @@ def test_installed_detectron2_needs_are_applied_once() -> None:
         assert Image.LINEAR == Image.BILINEAR  # type: ignore[attr-defined]
 
 
+def test_the_installed_detectron2_uses_what_the_readme_says() -> None:
+    # The README's table: 0.6 uses every removed name, main (02b5c4e, which added
+    # SimpleTrainer.reset_data_loader) only pkg_resources.
+    from detectron2.engine import SimpleTrainer
+
+    if hasattr(SimpleTrainer, "reset_data_loader"):
+        assert compat.detectron2_uses() == {"pkg_resources"}
+    else:
+        assert compat.detectron2_uses() == set(compat._FIXES)
+
+
 def test_existing_names_are_not_replaced() -> None:
     # numpy 2 has np.bool again (numpy's own type): the alias must not shadow it.
     assert "numpy.bool" not in compat.applied()

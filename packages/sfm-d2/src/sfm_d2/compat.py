@@ -1,11 +1,12 @@
-"""Let detectron2 0.6 run on current numpy, Pillow and setuptools, before anything imports it.
+"""Let detectron2 run on current numpy, Pillow and setuptools, before anything imports it.
 
-detectron2 0.6 (the only release a registry offers, see DESIGN.md section 3) still uses names
-that its dependencies removed since: ``np.int``/``np.float``/``np.bool`` (numpy 1.24),
-``PIL.Image.LINEAR`` (Pillow 10) and ``pkg_resources`` (setuptools 82). :func:`apply` restores a
-name only when it is missing AND the installed detectron2's source uses it, so on a current
-detectron2, or on old numpy/Pillow, it changes nothing. It never imports detectron2 itself.
-"""
+detectron2 still uses names that its dependencies removed since: 0.6 uses
+``np.int``/``np.float``/``np.bool`` (numpy 1.24) and ``PIL.Image.LINEAR`` (Pillow 10); 0.6 and
+the main branch (measured at commit 02b5c4e) import ``pkg_resources`` in ``model_zoo`` (setuptools
+82). :func:`apply` restores a name only when it is missing AND the installed detectron2's source
+uses it: on main it applies nothing with setuptools<82 and only the ``pkg_resources`` stand-in
+with setuptools>=82 (packages/sfm-d2/README.md has the measured table). It never imports
+detectron2 itself."""
 
 from __future__ import annotations
 
