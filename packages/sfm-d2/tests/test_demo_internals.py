@@ -10,6 +10,7 @@ import torch
 from sfm_core.analysis import aliasing_ratio
 from sfm_core.functional import identity_positions
 from sfm_d2.demo import (
+    aliasing_controls,
     ars_views,
     count_flops,
     downsampling_inputs,
@@ -63,6 +64,23 @@ def test_model_aliasing_is_the_ratio_of_what_enters_each_layer(
     assert all(layer.stride == (2, 2) for layer in layers[1:])
 
 
+def test_aliasing_controls_replace_every_ars_grid(
+    sfm_model: torch.nn.Module, images: list[torch.Tensor]
+) -> None:
+    batch = normalized_batch(sfm_model, images)
+    own = {layer.name: layer.mean for layer in model_aliasing(sfm_model.backbone, [batch])}
+    controls = aliasing_controls(sfm_model.backbone, [batch])
+    assert list(controls) == ["other", "shift", "identity"]
+    means = {c: {layer.name: layer.mean for layer in found} for c, found in controls.items()}
+    # before any ARS nothing changes; a fresh ARS is the identity; the shift resamples (a blur)
+    for control in controls:
+        assert means[control]["patch_embed.proj"] == own["patch_embed.proj"]
+    first = "layers.0.downsample"
+    assert means["identity"][first] == pytest.approx(own[first], abs=1e-6)
+    assert means["other"][first] == pytest.approx(own[first], abs=1e-6)
+    assert means["shift"][first] < own[first] - 1e-3
+
+
 def test_fresh_ars_samples_the_uniform_lattice(
     sfm_model: torch.nn.Module, images: list[torch.Tensor]
 ) -> None:
@@ -79,7 +97,9 @@ def test_fresh_ars_samples_the_uniform_lattice(
 
 def test_baseline_has_no_ars_views(images: list[torch.Tensor]) -> None:
     _, model = load_trained(BASELINE, require_weights=False)
-    assert ars_views(model.backbone, normalized_batch(model, images)) == []
+    batch = normalized_batch(model, images)
+    assert ars_views(model.backbone, batch) == []
+    assert aliasing_controls(model.backbone, [batch]) == {}
 
 
 def test_flops_grow_with_the_image(sfm_model: torch.nn.Module, images: list[torch.Tensor]) -> None:

@@ -5,6 +5,7 @@ Also the functions the tools in ``projects/SFM-Mask2Former/tools/`` are thin wra
 
 from sfm_d2.demo.internals import (
     ArsView,
+    aliasing_controls,
     ars_views,
     count_flops,
     count_parameters,
@@ -22,6 +23,7 @@ __all__ = [
     "ModelResult",
     "Sample",
     "TrainedRun",
+    "aliasing_controls",
     "ars_views",
     "count_flops",
     "count_parameters",

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sfm_core.analysis import LayerAliasing, aliasing_report
+from sfm_core.analysis import CONTROLS, LayerAliasing, aliasing_report
+from sfm_core.analysis.controls import resampling_modules
 from sfm_core.functional import compose_positions
 from sfm_core.insertion import is_downsampling
 from sfm_d2.flops import flop_count
@@ -37,11 +38,18 @@ def downsampling_layers(backbone: nn.Module) -> dict[str, str]:
 
 
 def model_aliasing(
-    backbone: nn.Module, batches: Sequence[torch.Tensor]
+    backbone: nn.Module,
+    batches: Sequence[torch.Tensor],
+    *,
+    control: str = "own",
+    shift: float = 0.5,
 ) -> tuple[LayerAliasing, ...]:
     """Mean aliasing ratio (SPEC section 5) at the input of every downsampling layer over ``batches``.
 
-    Each patch merging is a stride-2 layer; convs and pools use their own stride.
+    Each patch merging is a stride-2 layer; convs and pools use their own stride. ``control``
+    picks the grid every ARS resamples at (:mod:`sfm_core.analysis.controls`): ``"own"`` (the
+    model as trained), ``"other"`` (another image's grid), ``"shift"`` (a uniform ``shift``-pixel
+    shift) or ``"identity"`` (no resampling).
     """
     layers = downsampling_layers(backbone)
     found: dict[str, LayerAliasing] = {}
@@ -50,9 +58,34 @@ def model_aliasing(
         if not names:
             continue
         stride = 2 if layout == "nhwc" else None
-        report = aliasing_report(backbone, batches, names=names, stride=stride, layout=layout)
+        report = aliasing_report(
+            backbone,
+            batches,
+            names=names,
+            stride=stride,
+            layout=layout,
+            control=control,
+            shift=shift,
+        )
         found.update({layer.name: layer for layer in report.layers})
     return tuple(found[name] for name in layers)
+
+
+def aliasing_controls(
+    backbone: nn.Module, batches: Sequence[torch.Tensor], *, shift: float = 0.5
+) -> dict[str, tuple[LayerAliasing, ...]]:
+    """:func:`model_aliasing` under every control but ``"own"``; empty for a backbone without ARS.
+
+    Own below these means the grids' placement matters; own equal to them means the drop in
+    aliasing is bilinear interpolation acting as a blur.
+    """
+    if not resampling_modules(backbone):
+        return {}
+    return {
+        control: model_aliasing(backbone, batches, control=control, shift=shift)
+        for control in CONTROLS
+        if control != "own"
+    }
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sfm_core.analysis import LayerAliasing
@@ -26,27 +26,50 @@ class ModelResult:
     flops: int
     train_seconds: float
     iterations: int
+    # {control: per-layer aliasing with every ARS at that control's grid}; empty without ARS
+    aliasing_controls: dict[str, tuple[LayerAliasing, ...]] = field(default_factory=dict)
+
+
+# How the report names each grid control of sfm_core.analysis.controls.
+CONTROL_LABELS = {
+    "other": "ARS at another image's grid",
+    "shift": "ARS at a uniform half-pixel shift",
+    "identity": "no resampling",
+}
 
 
 def _number(value: float, digits: int = 2) -> str:
     return "nan" if math.isnan(value) else f"{value:.{digits}f}"
 
 
+def _layer_cell(layers: Sequence[LayerAliasing], name: str) -> tuple[str, str]:
+    """(mean AR or "-", stride) of layer ``name`` in ``layers``."""
+    layer = next((a for a in layers if a.name == name), None)
+    if layer is None:
+        return "-", ""
+    return ("-" if not layer.count else _number(layer.mean, 4)), "x".join(map(str, layer.stride))
+
+
 def _aliasing_rows(results: Sequence[ModelResult]) -> list[tuple[str, list[str]]]:
-    """One row per downsampling layer (the union, in the first model's order), then their mean."""
+    """Per downsampling layer (the union, in the first model's order) the model's own aliasing
+    ratio, then its grid controls (models without ARS: "-"); then the mean over layers."""
     order: list[str] = []
     for result in results:
         order += [layer.name for layer in result.aliasing if layer.name not in order]
+    controls = [c for c in CONTROL_LABELS if any(c in r.aliasing_controls for r in results)]
     rows = []
     for name in order:
-        cells = []
-        stride = ""
+        cells, stride = [], ""
         for result in results:
-            layer = next((a for a in result.aliasing if a.name == name), None)
-            cells.append("-" if layer is None or not layer.count else _number(layer.mean, 4))
-            if layer is not None:
-                stride = "x".join(map(str, layer.stride))
+            cell, found = _layer_cell(result.aliasing, name)
+            cells.append(cell)
+            stride = found or stride
         rows.append((f"aliasing ratio `{name}` (stride {stride})", cells))
+        for control in controls:
+            controlled = [
+                _layer_cell(r.aliasing_controls.get(control, ()), name)[0] for r in results
+            ]
+            rows.append((f"aliasing ratio `{name}`, {CONTROL_LABELS[control]}", controlled))
     means = []
     for result in results:
         ran = [layer.mean for layer in result.aliasing if layer.count]
@@ -118,7 +141,10 @@ def write_report(
         "boundary bands of each class (sfm_d2.evaluation). The aliasing ratio is the share of the "
         "power spectrum beyond the Nyquist line of each downsampling layer's stride, measured on "
         "what enters the layer and averaged over the validation images (SPEC section 5); lower "
-        "means less is folded. FLOPs count one per multiply-add, for inference on one image.",
+        "means less is folded. For models with ARS the same is measured with every ARS resampling at "
+        "another image's grid, at a uniform half-pixel shift, and not at all: bilinear resampling "
+        "is itself a blur, so only own-grid values below the first two controls show modulation. "
+        "FLOPs count one per multiply-add, for inference on one image.",
         "",
         "## Figures",
         "",

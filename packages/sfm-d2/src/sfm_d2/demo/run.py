@@ -17,6 +17,7 @@ import torch
 
 from sfm_d2.demo.figures import plot_ars_views, plot_predictions, plot_spectra
 from sfm_d2.demo.internals import (
+    aliasing_controls,
     ars_views,
     collect_batches,
     count_flops,
@@ -129,6 +130,7 @@ def run_demo(
                 flops=count_flops(model, samples[0].image)[0],
                 train_seconds=run.seconds,
                 iterations=run.iterations,
+                aliasing_controls=aliasing_controls(model.backbone, batches),
             )
         )
     classes, colors = class_palette(cfg)
