@@ -13,6 +13,7 @@ from sfm_core.nn.generators import (
     PyramidContext,
     build_attention_generator,
 )
+from sfm_core.nn.lowpass import LowPass
 from sfm_core.nn.lprm import LocalPixelRelation
 from sfm_core.nn.msau import MultiScaleAdaptiveUpsampling
 from sfm_core.nn.norms import group_norm
@@ -23,6 +24,7 @@ __all__ = [
     "ConvAttention",
     "LearnableHighPass",
     "LocalPixelRelation",
+    "LowPass",
     "MultiScaleAdaptiveUpsampling",
     "PyramidAttention",
     "PyramidContext",
