@@ -33,6 +33,7 @@ class LowPass(nn.Module):
         if size not in (3, 5):
             raise ValueError(f"size must be 3 or 5 (odd binomial filters), got {size!r}")
         self.size = size
+        self.kernel: torch.Tensor
         taps = torch.tensor(BINOMIAL[size], dtype=torch.float64)
         kernel = torch.outer(taps, taps)
         self.register_buffer("kernel", (kernel / kernel.sum()).float(), persistent=False)
