@@ -16,6 +16,7 @@ from sfm_core.nn.generators import (
 from sfm_core.nn.lprm import LocalPixelRelation
 from sfm_core.nn.msau import MultiScaleAdaptiveUpsampling
 from sfm_core.nn.norms import group_norm
+from sfm_core.nn.random_stream import own_random_stream, stream_seed
 
 __all__ = [
     "GENERATORS",
@@ -30,4 +31,6 @@ __all__ = [
     "build_attention_generator",
     "edge_guidance_loss",
     "group_norm",
+    "own_random_stream",
+    "stream_seed",
 ]
