@@ -45,7 +45,7 @@ class SFMSwinTransformer(Backbone):  # type: ignore[misc]
             use_checkpoint: the ``MODEL.SWIN`` settings of Mask2Former's D2 Swin.
         out_features: levels to return; stages past the deepest one are not built.
         ars_stages: stages (``"res3"``...) whose input passes through ARS.
-        make_ars: ``channels -> ARS module`` (required when ``ars_stages`` is not empty).
+        make_ars: ``(stage, channels) -> ARS module`` (required when ``ars_stages`` is not empty).
         lowpass_stages: stages whose input is blurred by a fixed binomial low-pass
             (:class:`sfm_core.nn.LowPass`, after any ARS) before the patch merging: the
             BlurPool-style alternative to ARS. No parameters.
@@ -119,7 +119,7 @@ class SFMSwinTransformer(Backbone):  # type: ignore[misc]
             self.add_module(f"norm{i}", nn.LayerNorm(dims[i]))
         # Only the stages that are built can be preceded by ARS.
         built = [s for s in LEVELS[1:num_stages] if s in ars_stages]
-        self.ars = nn.ModuleDict({s: make_ars(dims[LEVELS.index(s) - 1]) for s in built})  # type: ignore[misc]
+        self.ars = nn.ModuleDict({s: make_ars(s, dims[LEVELS.index(s) - 1]) for s in built})  # type: ignore[misc]
         blurred = [s for s in LEVELS[1:num_stages] if s in lowpass_stages]
         self.lowpass = nn.ModuleDict({s: LowPass() for s in blurred})
 
