@@ -6,6 +6,7 @@ Also the functions the tools in ``projects/SFM-Mask2Former/tools/`` are thin wra
 from sfm_d2.demo.internals import (
     ArsView,
     aliasing_controls,
+    ars_diagnostics_over,
     ars_views,
     count_flops,
     count_parameters,
@@ -24,6 +25,7 @@ __all__ = [
     "Sample",
     "TrainedRun",
     "aliasing_controls",
+    "ars_diagnostics_over",
     "ars_views",
     "count_flops",
     "count_parameters",

@@ -3,7 +3,7 @@
 The spec names a config, its overrides and an output folder. The run trains (as train_net, on one
 process), then, if asked, measures what the study needs on every validation image and writes
 ``study_scores.npy`` (per-image statistics, :mod:`sfm_d2.study.scores`) and ``study_run.json``
-(the evaluator's metrics, timing, aliasing under every grid control). ``study_run.json`` is
+(the evaluator's metrics, timing, aliasing under every grid control, ARS diagnostics). ``study_run.json`` is
 written last: its presence marks a finished run, so an interrupted study resumes where it was.
 """
 
@@ -52,7 +52,7 @@ def _aliasing(backbone: torch.nn.Module, batches: list[torch.Tensor]) -> dict[st
 
 def analyse(spec: JobSpec, weights: Path) -> dict[str, Any]:
     """Per-image statistics (saved beside the weights) and the run's aliasing."""
-    from sfm_d2.demo.internals import collect_batches
+    from sfm_d2.demo.internals import ars_diagnostics_over, collect_batches
     from sfm_d2.demo.models import dataset_samples, load_trained, normalized_batch, predict_labels
     from sfm_d2.study.scores import image_statistics
 
@@ -74,7 +74,14 @@ def analyse(spec: JobSpec, weights: Path) -> dict[str, Any]:
         normalized_batch(model, [s.image for s in group])
         for group in collect_batches(samples, ANALYSIS_BATCH)
     ]
-    return {"images": len(samples), "aliasing": _aliasing(model.backbone, batches)}
+    labels = [s.labels for s in samples if s.labels is not None]
+    return {
+        "images": len(samples),
+        "aliasing": _aliasing(model.backbone, batches),
+        "ars_diagnostics": ars_diagnostics_over(
+            model.backbone, batches, labels, ignore_label=ignore
+        ),
+    }
 
 
 def run_job(spec: JobSpec) -> dict[str, Any]:

@@ -80,6 +80,49 @@ def aliasing_means(
     return table
 
 
+DIAGNOSTICS = {
+    "displacement_mean": "mean displacement (px)",
+    "displacement_max": "max displacement (px)",
+    "displacement_detail": "displacement over detail (px)",
+    "magnification_detail": "magnification over detail",
+    "magnification_background": "magnification over background",
+    "saliency_contrast": "saliency contrast",
+}
+
+
+def diagnostics_means(
+    plan: Plan, results: Sequence[RunResult]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{arm: {stage: {diagnostic: mean over runs}}}`` for the arms with ARS."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for arm in plan.arms:
+        records = [r.record.get("ars_diagnostics") or {} for r in results if r.arm == arm.key]
+        if not records or not records[0]:
+            continue
+        table[arm.key] = {
+            stage: {
+                key: float(np.mean([record[stage][key] for record in records])) for key in values
+            }
+            for stage, values in records[0].items()
+        }
+    return table
+
+
+def diagnostics_table(plan: Plan, means: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """Markdown: per arm with ARS and stage, every ARS diagnostic (mean over runs)."""
+    if not means:
+        return "(no arm has ARS)"
+    lines = [
+        "| arm | ARS before | " + " | ".join(DIAGNOSTICS.values()) + " |",
+        "|---|---|" + "---:|" * len(DIAGNOSTICS),
+    ]
+    for arm in plan.arms:
+        for stage, values in means.get(arm.key, {}).items():
+            cells = [f"{values.get(key, math.nan):.3f}" for key in DIAGNOSTICS]
+            lines.append(f"| {arm.label} | {stage} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def differences_table(plan: Plan, found: Mapping[str, Mapping[str, Interval]]) -> str:
     """Markdown: one row per arm, one column per metric, ``+d [low, high]`` in points."""
     names = list(next(iter(found.values())))
@@ -170,6 +213,7 @@ def write_study_report(
     found = differences(plan, results)
     scores = absolute_scores(plan, results)
     means = aliasing_means(plan, results)
+    diagnostics = diagnostics_means(plan, results)
     forest = plot_forest(plan, found, output_dir / "study_forest.png")
     images = results[0].scores.shape[0]
     context = [
@@ -205,6 +249,15 @@ def write_study_report(
         "",
         "Mean ± standard deviation over the runs (base × continuation seeds) of each arm.",
         "",
+        "## ARS diagnostics",
+        "",
+        diagnostics_table(plan, diagnostics),
+        "",
+        "Over all validation images, mean over runs (sfm_core.nn.ars_diagnostics): how far ARS "
+        "moves its samples (pixels of its input map), how many samples per unit area it puts "
+        "on ground-truth detail and on the background relative to a uniform lattice (1 = no "
+        "zoom), and its saliency on detail over its saliency elsewhere.",
+        "",
         "## Aliasing ratio with grid controls",
         "",
         aliasing_table(plan, means),
@@ -229,6 +282,7 @@ def write_study_report(
                 },
                 "scores": scores,
                 "aliasing": means,
+                "ars_diagnostics": diagnostics,
                 "runs": [
                     {
                         "arm": r.arm,
