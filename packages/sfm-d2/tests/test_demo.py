@@ -112,6 +112,26 @@ def test_demo_table_parses_with_finite_numbers(report: Path) -> None:
         assert table[f"aliasing ratio `patch_embed.proj`, {control}"]["SFM"] == embed["SFM"]
 
 
+def test_demo_states_differences_seed_noise_and_ars_diagnostics(report: Path) -> None:
+    text = report.read_text()
+    table = parse_table(text)
+    differences = parse_table(text.split("## Differences and seed noise")[1])
+    for row, key in (("mIoU (points)", "mIoU (%)"), ("boundary IoU (points)", "boundary IoU (%)")):
+        cells = differences[row]
+        expected = float(table[key]["SFM"]) - float(table[key]["baseline"])
+        assert float(cells["SFM − baseline"]) == pytest.approx(expected, abs=0.011)
+        assert cells["seed noise of a difference (sd, stated)"].startswith("± ")
+    assert "not measured in this run" in text
+    diagnostics = parse_table(text.split("## ARS diagnostics")[1])
+    assert list(diagnostics) == ["SFM"]  # one row per model and stage: the label repeats
+    results = json.loads((report.parent / "results.json").read_text())
+    sfm = next(r for r in results if r["name"] == "SFM")
+    assert list(sfm["ars_diagnostics"]) == ["res3", "res4", "res5"]
+    for values in sfm["ars_diagnostics"].values():
+        assert values["displacement_mean"] >= 0
+        assert values["magnification_detail"] > 0
+
+
 def test_demo_results_json_matches_the_table(report: Path) -> None:
     results = json.loads((report.parent / "results.json").read_text())
     table = parse_table(report.read_text())

@@ -82,6 +82,8 @@ def aliasing_controls(
     """
     if not resampling_modules(backbone):
         return {}
+    if len(batches) > 1 and batches[-1].shape[0] == 1:  # "other" needs two images per batch
+        batches = [*batches[:-2], torch.cat([batches[-2], batches[-1]])]
     return {
         control: model_aliasing(backbone, batches, control=control, shift=shift)
         for control in CONTROLS

@@ -11,34 +11,15 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-RESULT = "study_run.json"
-SCORES = "study_scores.npy"
+from sfm_d2.study.spec import RESULT, SCORES, JobSpec
+
 ANALYSIS_BATCH = 8
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    name: str
-    config: str
-    opts: tuple[str, ...]
-    output_dir: str
-    analyse: bool
-
-    def write(self, path: Path) -> Path:
-        path.write_text(json.dumps({**self.__dict__, "opts": list(self.opts)}, indent=1))
-        return path
-
-    @classmethod
-    def read(cls, path: Path) -> JobSpec:
-        data = json.loads(path.read_text())
-        return cls(**{**data, "opts": tuple(data["opts"])})
 
 
 def _aliasing(backbone: torch.nn.Module, batches: list[torch.Tensor]) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from sfm_d2.study.job import RESULT, SCORES, JobSpec
 from sfm_d2.study.plan import Arm, Plan
+from sfm_d2.study.spec import RESULT, SCORES, JobSpec
 
 logger = logging.getLogger(__name__)
 
