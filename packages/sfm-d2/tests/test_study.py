@@ -1,6 +1,6 @@
 """The study's machinery at a tiny size: pretrain, paired continuations, report, resume.
 
-Two base seeds x one continuation seed x three arms (baseline, full SFM, BlurPool-style), two
+Two base seeds x one continuation seed x two arms (baseline, full SFM), two
 iterations each on the quick 64-px copy of the dataset (the instant-test configs): seconds of
 training, the rest is process start-up. The numbers mean nothing; the files and their
 consistency are checked.
@@ -32,7 +32,7 @@ PLAN = Plan(
     batch_size=2,
     train_dataset="sfm_finedetail_quick_train",
     test_dataset="sfm_finedetail_quick_val",
-    arms=tuple(arm for arm in ARMS if arm.key in ("B", "S", "BLUR")),
+    arms=tuple(arm for arm in ARMS if arm.key in ("B", "S")),
     replicates=200,
 )
 
@@ -52,7 +52,7 @@ def test_report_files_and_table(study: Path) -> None:
     folder = study.parent
     assert (folder / "study_forest.png").stat().st_size > 0
     table = parse_table(study.read_text())
-    assert list(table) == ["full SFM", "BlurPool-style low-pass"]
+    assert list(table) == ["full SFM"]
     for cells in table.values():
         assert list(cells) == ["boundary IoU", "thin-class IoU", "mIoU"]
         for cell in cells.values():
@@ -71,13 +71,15 @@ def test_json_holds_every_run_with_its_aliasing_controls(study: Path) -> None:
     data = json.loads((study.parent / "study.json").read_text())
     runs = data["runs"]
     assert sorted((r["arm"], r["base_seed"]) for r in runs) == sorted(
-        (arm, base) for arm in ("B", "S", "BLUR") for base in (0, 1)
+        (arm, base) for arm in ("B", "S") for base in (0, 1)
     )
     for run in runs:
         controls = set(run["aliasing"])
         assert controls == ({"own", "other", "shift", "identity"} if run["arm"] == "S" else {"own"})
         assert run["iterations"] == 2
-    assert set(data["differences"]) == {"S", "BLUR"}
+    assert set(data["differences"]) == {"S"}
+    assert set(data["ars_diagnostics"]) == {"S"}
+    assert set(data["ars_diagnostics"]["S"]) == {"res3", "res4", "res5"}
 
 
 def test_per_image_statistics_sum_to_the_evaluator_s_scores(study: Path) -> None:
@@ -92,7 +94,7 @@ def test_per_image_statistics_sum_to_the_evaluator_s_scores(study: Path) -> None
 
 
 def test_continuations_start_from_the_shared_checkpoint(study: Path) -> None:
-    for arm in ("B", "S", "BLUR"):
+    for arm in ("B", "S"):
         spec = json.loads(
             (study.parent / "runs" / "base1" / "seed7" / arm / "study_job.json").read_text()
         )
