@@ -93,17 +93,22 @@ def test_nonuniform_upsample(z: Spec, positions: Spec, size: Any) -> None:
         assert_result(result, shape, values.dtype, broken)
 
 
+@pytest.mark.parametrize(("method", "taps"), [("quads", 4), ("triangles", 3)])
 @HOSTILE
 @given(
     positions=specs([None, 2, None, None], dtypes=FLOATS), size=st.tuples(*[st.integers(1, 5)] * 2)
 )
-def test_rasterize_indices_stay_in_range(positions: Spec, size: tuple[int, int]) -> None:
+def test_rasterize_indices_stay_in_range(
+    positions: Spec, size: tuple[int, int], method: str, taps: int
+) -> None:
     where = positions.build(unit)
-    result = outcome(lambda: functional.rasterize(where, size), ["positions", "size"])
+    result = outcome(
+        lambda: functional.rasterize(where, size, method=method), ["positions", "size"]
+    )
     if result is not None:
         index, weights = result
         b, _, h, w = where.shape
-        assert index.shape == weights.shape == (b, *size, 3)
+        assert index.shape == weights.shape == (b, *size, taps)
         assert index.dtype == torch.int64
         if index.numel():
             assert int(index.min()) >= 0

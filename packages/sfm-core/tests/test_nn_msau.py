@@ -31,6 +31,27 @@ def test_starts_as_plain_nonuniform_upsampling(
     assert torch.equal(out, nonuniform_upsample(z, positions, size))
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_starts_as_bilinear_resizing_on_an_unwarped_lattice(training: bool) -> None:
+    # SFM at initialisation is the plain model: unwarped features are resized bilinearly.
+    msau = MultiScaleAdaptiveUpsampling(4, 4).double().train(training)
+    z = torch.randn(2, 4, 7, 9, dtype=torch.float64)
+    out = msau(z, identity_positions(2, 7, 9, dtype=torch.float64), (15, 20))
+    expected = nn.functional.interpolate(z, (15, 20), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def test_method_chooses_the_nonuniform_upsampling() -> None:
+    msau = MultiScaleAdaptiveUpsampling(3, 3, method="triangles").double()
+    z = torch.randn(1, 3, 5, 6, dtype=torch.float64)
+    positions = warped_positions(1, 5, 6)
+    expected = nonuniform_upsample(z, positions, (11, 13), method="triangles")
+    assert torch.equal(msau(z, positions, (11, 13)), expected)
+    assert not torch.equal(expected, nonuniform_upsample(z, positions, (11, 13)))
+    with pytest.raises(ValueError, match=r"method must be one of \['quads', 'triangles'\]"):
+        MultiScaleAdaptiveUpsampling(3, 3, method="bilinear")
+
+
 def test_open_gates_refine_with_the_lprm_cascade() -> None:
     msau = MultiScaleAdaptiveUpsampling(4, 3, (1, 2, 4)).double().eval()
     randomize(msau)

@@ -1,4 +1,8 @@
-"""Non-uniform upsampling (SPEC 3.1): rasterize + gather, against exact and scipy references."""
+"""Non-uniform upsampling (SPEC 3.1): rasterize + gather, against exact and scipy references.
+
+The default method (``"quads"``) is pinned against bilinear resizing and exact linear functions;
+SPEC 3.1's ``"triangles"`` against scipy's Delaunay interpolation and its nearest fallback.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,11 @@ from sfm_core.functional import gather, identity_positions, nonuniform_upsample,
 from .conftest import warped_positions
 
 
-def covered_mask(positions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Target pixels whose rasterized weights come from a triangle (not the nearest fallback)."""
-    index, weights = rasterize(positions, size)
+def covered_mask(
+    positions: torch.Tensor, size: tuple[int, int], method: str = "triangles"
+) -> torch.Tensor:
+    """Target pixels whose rasterized weights come from a cell (not the nearest fallback)."""
+    index, weights = rasterize(positions, size, method=method)
     return ~((weights[..., 0] == 1) & (index[..., 0] == index[..., 1]))
 
 
@@ -23,34 +29,42 @@ def target_centres(size: tuple[int, int]) -> torch.Tensor:
     return identity_positions(1, *size, dtype=torch.float64)
 
 
+def inside_hull(positions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Target pixels inside the lattice's own hull: a triangle covers them (``[B, Ho, Wo]``)."""
+    return covered_mask(positions, size, "triangles")
+
+
+@pytest.mark.parametrize("method", ["quads", "triangles"])
 @pytest.mark.parametrize(
     ("lattice", "size"),
     [((9, 12), (36, 48)), ((7, 5), (29, 17)), ((16, 16), (64, 64)), ((5, 6), (5, 6))],
 )
 def test_linear_functions_are_reproduced_exactly(
-    lattice: tuple[int, int], size: tuple[int, int]
+    lattice: tuple[int, int], size: tuple[int, int], method: str
 ) -> None:
     positions = warped_positions(2, *lattice)
     coeffs = torch.tensor([[1.5, -2.0, 0.25], [-0.5, 3.0, 1.0]], dtype=torch.float64)
     z = torch.einsum("kc,bchw->bkhw", coeffs[:, :2], positions) + coeffs[:, 2].view(1, -1, 1, 1)
-    y = nonuniform_upsample(z, positions, size)
+    y = nonuniform_upsample(z, positions, size, method=method)
     target = target_centres(size)
     expected = torch.einsum("kc,bchw->bkhw", coeffs[:, :2], target) + coeffs[:, 2].view(1, -1, 1, 1)
-    covered = covered_mask(positions, size).unsqueeze(1).expand_as(y)
+    covered = inside_hull(positions, size).unsqueeze(1).expand_as(y)
     assert covered.float().mean() > 0.5
     torch.testing.assert_close(y[covered], expected.expand_as(y)[covered], rtol=0, atol=1e-10)
 
 
-def test_uniform_lattice_with_equal_size_is_the_identity() -> None:
+@pytest.mark.parametrize("method", ["quads", "triangles"])
+def test_uniform_lattice_with_equal_size_is_the_identity(method: str) -> None:
     z = torch.randn(2, 3, 6, 7, dtype=torch.float64)
     positions = identity_positions(2, 6, 7, dtype=torch.float64)
-    torch.testing.assert_close(nonuniform_upsample(z, positions, (6, 7)), z)
+    torch.testing.assert_close(nonuniform_upsample(z, positions, (6, 7), method=method), z)
 
 
-def test_weights_are_a_partition_of_unity_and_indices_in_range() -> None:
+@pytest.mark.parametrize(("method", "taps"), [("quads", 4), ("triangles", 3)])
+def test_weights_are_a_partition_of_unity_and_indices_in_range(method: str, taps: int) -> None:
     positions = warped_positions(3, 8, 11)
-    index, weights = rasterize(positions, (30, 41))
-    assert index.shape == weights.shape == (3, 30, 41, 3)
+    index, weights = rasterize(positions, (30, 41), method=method)
+    assert index.shape == weights.shape == (3, 30, 41, taps)
     assert index.dtype == torch.int64
     assert weights.dtype == torch.float64
     assert (weights >= 0).all()
@@ -59,10 +73,10 @@ def test_weights_are_a_partition_of_unity_and_indices_in_range() -> None:
     assert int(index.max()) < 8 * 11
 
 
-def test_uncovered_pixels_take_the_nearest_lattice_value() -> None:
+def test_triangles_leave_uncovered_pixels_the_nearest_lattice_value() -> None:
     positions = identity_positions(1, 4, 4, dtype=torch.float64)
     z = torch.arange(16, dtype=torch.float64).view(1, 1, 4, 4)
-    y = nonuniform_upsample(z, positions, (16, 16))
+    y = nonuniform_upsample(z, positions, (16, 16), method="triangles")
     # Target pixel (0, 0) lies outside the lattice hull; its nearest lattice point is (0, 0).
     assert y[0, 0, 0, 0] == 0
     assert y[0, 0, 15, 15] == 15
@@ -73,8 +87,8 @@ def test_agrees_with_scipy_delaunay_where_triangles_coincide() -> None:
     lattice, size = (10, 13), (40, 52)
     positions = warped_positions(1, *lattice, strength=2.0)
     z = torch.randn(1, 4, *lattice, dtype=torch.float64)
-    ours = nonuniform_upsample(z, positions, size)[0]
-    index, _ = rasterize(positions, size)
+    ours = nonuniform_upsample(z, positions, size, method="triangles")[0]
+    index, _ = rasterize(positions, size, method="triangles")
 
     points = np.stack(
         [positions[0, 0].flatten().numpy() * size[1], positions[0, 1].flatten().numpy() * size[0]],
@@ -95,42 +109,53 @@ def test_agrees_with_scipy_delaunay_where_triangles_coincide() -> None:
     np.testing.assert_allclose(ours.numpy()[:, same_map], theirs[:, same_map], rtol=0, atol=1e-10)
 
 
-def test_gather_gradcheck() -> None:
+@pytest.mark.parametrize("method", ["quads", "triangles"])
+def test_gather_gradcheck(method: str) -> None:
     positions = warped_positions(2, 5, 6)
-    index, weights = rasterize(positions, (9, 13))
+    index, weights = rasterize(positions, (9, 13), method=method)
     z = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
     w = weights.clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: gather(a, index, b), (z, w))
 
 
-def test_nonuniform_upsample_gradcheck_in_z() -> None:
-    positions = warped_positions(1, 6, 5)
+@pytest.mark.parametrize("method", ["quads", "triangles"])
+def test_nonuniform_upsample_gradcheck_in_z(method: str) -> None:
+    positions = warped_positions(1, 6, 5).requires_grad_()
     z = torch.randn(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a: nonuniform_upsample(a, positions, (14, 11)), (z,))
+    assert torch.autograd.gradcheck(
+        lambda a: nonuniform_upsample(a, positions, (14, 11), method=method), (z,)
+    )
+    nonuniform_upsample(z, positions, (14, 11), method=method).sum().backward()
+    assert positions.grad is None, "the gradient flows to z only"
 
 
-def test_degenerate_lattices() -> None:
+def test_triangles_on_a_row_of_points_are_nearest_only() -> None:
     z = torch.randn(1, 2, 1, 5, dtype=torch.float64)
     positions = identity_positions(1, 1, 5, dtype=torch.float64)
-    y = nonuniform_upsample(z, positions, (3, 10))
+    y = nonuniform_upsample(z, positions, (3, 10), method="triangles")
     assert y.shape == (1, 2, 3, 10)
     torch.testing.assert_close(y[..., 0, 1], z[..., 0, 0])  # a row of points: nearest only
 
 
-def test_half_values_and_float32_positions() -> None:
+@pytest.mark.parametrize("method", ["quads", "triangles"])
+def test_half_values_and_float32_positions(method: str) -> None:
     positions = warped_positions(2, 7, 9, dtype=torch.float32)
     z = torch.randn(2, 5, 7, 9).half()
-    y = nonuniform_upsample(z, positions, (21, 27))
+    y = nonuniform_upsample(z, positions, (21, 27), method=method)
     assert y.dtype == torch.float16
-    torch.testing.assert_close(y, nonuniform_upsample(z.float(), positions, (21, 27)).half())
+    expected = nonuniform_upsample(z.float(), positions, (21, 27), method=method).half()
+    torch.testing.assert_close(y, expected)
 
 
-def test_does_not_depend_on_memory_layout() -> None:
-    positions = warped_positions(1, 8, 6)
+@pytest.mark.parametrize("method", ["quads", "triangles"])
+def test_does_not_depend_on_memory_layout(method: str) -> None:
+    positions = warped_positions(1, 8, 6).transpose(2, 3).contiguous().transpose(2, 3)
     z = torch.randn(1, 4, 6, 8, dtype=torch.float64).transpose(2, 3)
     torch.testing.assert_close(
-        nonuniform_upsample(z, positions, (17, 23)),
-        nonuniform_upsample(z.contiguous(), positions, (17, 23)),
+        nonuniform_upsample(z, positions, (17, 23), method=method),
+        nonuniform_upsample(z.contiguous(), positions.contiguous(), (17, 23), method=method),
+        rtol=0,
+        atol=0,
     )
 
 
@@ -169,10 +194,17 @@ def test_does_not_depend_on_memory_layout() -> None:
         ),
         (
             lambda: gather(
-                torch.zeros(1, 2, 2, 2), torch.zeros(1, 3, 3, 2).long(), torch.ones(1, 3, 3, 2)
+                torch.zeros(1, 2, 2, 2), torch.zeros(1, 3, 3, 4).long(), torch.ones(1, 3, 3, 3)
             ),
             ValueError,
-            r"\[B, Ho, Wo, 3\]",
+            r"\[B, Ho, Wo, T\]",
+        ),
+        (
+            lambda: nonuniform_upsample(
+                torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4), (8, 8), method="delaunay"
+            ),
+            ValueError,
+            r"method must be one of \['quads', 'triangles'\], got 'delaunay'",
         ),
     ],
 )
@@ -186,7 +218,7 @@ def test_nearest_fallback_matches_brute_force() -> None:
     positions = 0.25 + 0.5 * identity_positions(2, 9, 11, dtype=torch.float64)
     positions = positions + 0.01 * torch.randn_like(positions)
     size = (23, 29)
-    index, weights = rasterize(positions, size)
+    index, weights = rasterize(positions, size, method="triangles")
     uncovered = ~covered_mask(positions, size)
     assert uncovered.float().mean() > 0.5
     points = positions.flatten(2).transpose(1, 2) * torch.tensor([size[1], size[0]])  # [B, hw, 2]
@@ -201,13 +233,14 @@ def test_nearest_fallback_matches_brute_force() -> None:
 @pytest.mark.filterwarnings(
     "ignore::torch.jit.TracerWarning", "ignore:`torch.jit.trace.*` is deprecated"
 )
-def test_traces_with_jit() -> None:
+@pytest.mark.parametrize("method", ["quads", "triangles"])
+def test_traces_with_jit(method: str) -> None:
     # fvcore counts FLOPs through torch.jit.trace: rasterize's index bookkeeping must trace.
     z = torch.randn(2, 3, 5, 6, dtype=torch.float64)
-    positions = identity_positions(2, 5, 6, dtype=torch.float64)
+    positions = warped_positions(2, 5, 6)
 
     def upsample(z: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return nonuniform_upsample(z, positions, (10, 12))
+        return nonuniform_upsample(z, positions, (10, 12), method=method)
 
     traced = torch.jit.trace(upsample, (z, positions), check_trace=False)
     torch.testing.assert_close(traced(z, positions), upsample(z, positions), rtol=0, atol=0)

@@ -24,7 +24,12 @@ def test_sfm_defaults(cfg: CfgNode) -> None:
         "auto",
         1.0,
     )
-    assert sfm.MSAU == {"ENABLED": True, "DILATIONS": [1, 2, 4, 8, 16], "GATED": True}
+    assert sfm.MSAU == {
+        "ENABLED": True,
+        "DILATIONS": [1, 2, 4, 8, 16],
+        "GATED": True,
+        "UPSAMPLE_METHOD": "quads",
+    }
     assert dict(sfm.MASK2FORMER) == {
         "WARPED_POSITIONAL_ENCODING": True,
         "NONUNIFORM_UPSAMPLE": True,
@@ -131,6 +136,7 @@ def test_plain_detectron2_refuses_the_yaml() -> None:
         ("MSAU.DILATIONS", [1, 2.0], "MODEL.SFM.MSAU.DILATIONS must be a non-empty list"),
         ("MSAU.ENABLED", 1, "MODEL.SFM.MSAU.ENABLED must be a bool"),
         ("MSAU.GATED", "yes", "MODEL.SFM.MSAU.GATED must be a bool"),
+        ("MSAU.UPSAMPLE_METHOD", "delaunay", "MODEL.SFM.MSAU.UPSAMPLE_METHOD must be one of"),
         ("MASK2FORMER.LPRM", 0, "MODEL.SFM.MASK2FORMER.LPRM must be a bool"),
     ],
 )

@@ -35,7 +35,8 @@ BAD_VALUES = [
 # the wrong type, a record that is not a dict (None: nothing).
 BREAKS = [None, None, None, "missing", "truncated", "empty", "no_key", "path_type", "not_dict"]
 KEYS = ["WINDOW", "FWHM", "S_MIN", "EDGE_LOSS_WEIGHT", "LR_MULTIPLIER", "GENERATOR", "NORM",
-        "BACKEND", "ARS_STAGES", "MSAU.DILATIONS", "MSAU.ENABLED", "MSAU.GATED"]  # fmt: skip
+        "BACKEND", "ARS_STAGES", "MSAU.DILATIONS", "MSAU.ENABLED", "MSAU.GATED",
+        "MSAU.UPSAMPLE_METHOD"]  # fmt: skip
 
 
 def outcome(call: Callable[[], Any], names: list[str]) -> Any:

@@ -252,9 +252,12 @@ def test_each_switch_changes_only_its_part(switch: str) -> None:
             assert not _differs(got[name], want[name]), f"{switch} changed {name}"
 
 
-@pytest.mark.parametrize("switch", ["WARPED_POSITIONAL_ENCODING", "WARPED_MASK_ATTENTION"])
+@pytest.mark.parametrize(
+    "switch", ["WARPED_POSITIONAL_ENCODING", "WARPED_MASK_ATTENTION", "NONUNIFORM_UPSAMPLE"]
+)
 def test_grid_aware_switches_are_no_ops_on_a_uniform_lattice(switch: str) -> None:
-    """With a fresh ARS (identity positions) the true positions are the lattice's own."""
+    """With a fresh ARS (identity positions) the true positions are the lattice's own (and the
+    default non-uniform upsampling of a uniform lattice is bilinear resizing)."""
     off = build(tiny_cfg(*[x for s in SWITCHES for x in (f"MODEL.SFM.MASK2FORMER.{s}", False)]))
     on = build(
         tiny_cfg(*[x for s in SWITCHES for x in (f"MODEL.SFM.MASK2FORMER.{s}", s == switch)])
@@ -265,6 +268,26 @@ def test_grid_aware_switches_are_no_ops_on_a_uniform_lattice(switch: str) -> Non
     want, got = _stages(off.eval(), images), _stages(on.eval(), images)
     for name in want:
         assert not _differs(got[name], want[name]), name
+
+
+def test_triangle_upsampling_is_not_a_no_op_on_a_uniform_lattice() -> None:
+    """SPEC 3.1's triangles are not bilinear: the reason ``"quads"`` is the default."""
+    switches = [x for s in SWITCHES for x in (f"MODEL.SFM.MASK2FORMER.{s}", False)]
+    off = build(tiny_cfg(*switches))
+    on = build(
+        tiny_cfg(
+            *switches,
+            "MODEL.SFM.MASK2FORMER.NONUNIFORM_UPSAMPLE",
+            True,
+            "MODEL.SFM.MSAU.UPSAMPLE_METHOD",
+            "triangles",
+        )
+    )
+    perturb_query_paths(off)
+    on.load_state_dict(off.state_dict())
+    images = off.preprocess_image(batch()).tensor
+    want, got = _stages(off.eval(), images), _stages(on.eval(), images)
+    assert _differs(got["mask_features"], want["mask_features"])
 
 
 def test_edge_loss_is_weighted_and_reaches_ars() -> None:

@@ -24,7 +24,7 @@ def cases() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
     lprm_nchw = {"svw": 1, "sow": 1, "sgw": 1, "sdw": 1, "slw": 1}
     gather_cl = {"szc": 1, "soc": 1, "sgc": 1, "sdc": 1, "sit": 1, "swt": 1, "sdt": 1}
     gather_nchw = {"szw": 1, "sow": 1, "sgw": 1, "sdw": 1, "sit": 1, "swt": 1, "sdt": 1}
-    flat = {"FLAT_Z": True, "FLAT_OUT": True, "FLAT_GRAD": True, "FLAT_DZ": True}
+    flat = {"FLAT_Z": True, "FLAT_OUT": True, "FLAT_GRAD": True, "FLAT_DZ": True, "TAPS": 4}
     rasterize = {"spw": 1, "NO_OWNER": 2**31 - 1}
     return [
         ("lprm forward bf16 channels-last", lprm._lprm_forward_kernel, bf16, lprm_cl),
@@ -59,6 +59,20 @@ def cases() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
              "BLOCK_S": nonuniform._OWNER_BLOCK_S},
         ),
         (
+            "rasterize quad owner",
+            nonuniform._quad_owner_kernel,
+            {"owner_ptr": "*i32"},
+            {**rasterize, "MIN_DET": 1e-12, "TOL": 1e-9, "BLOCK_T": nonuniform._OWNER_BLOCK_T,
+             "BLOCK_S": nonuniform._QUAD_OWNER_BLOCK_S},
+        ),
+        (
+            "rasterize quad weights",
+            nonuniform._quad_weights_kernel,
+            {"owner_ptr": "*i32", "index_ptr": "*i64", "missing_ptr": "*i64",
+             "missing_count_ptr": "*i32"},
+            {**rasterize, "BLOCK": nonuniform._PIXEL_BLOCK},
+        ),
+        (
             "rasterize weights",
             nonuniform._weights_kernel,
             {"owner_ptr": "*i32", "index_ptr": "*i64", "missing_ptr": "*i64",
@@ -76,7 +90,7 @@ def cases() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
             nonuniform._nearest_kernel,
             {"bounds_ptr": "*fp64", "index_ptr": "*i64", "missing_ptr": "*i64",
              "missing_count_ptr": "*i32"},
-            {**rasterize, "BLOCK_U": nonuniform._NEAREST_BLOCK_U,
+            {**rasterize, "TAPS": 4, "BLOCK_U": nonuniform._NEAREST_BLOCK_U,
              "BLOCK_L": nonuniform._NEAREST_BLOCK_L},
         ),
     ]  # fmt: skip

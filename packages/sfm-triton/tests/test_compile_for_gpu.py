@@ -26,7 +26,7 @@ HERE = Path(__file__).parent
     ("script", "kernel_count"),
     [
         ("compile_for_gpu.py", 7),
-        ("compile_nonuniform_lprm_for_gpu.py", 16),
+        ("compile_nonuniform_lprm_for_gpu.py", 18),
         ("compile_ms_deform_attn_for_gpu.py", 7),
     ],
 )

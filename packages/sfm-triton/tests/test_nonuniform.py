@@ -1,7 +1,8 @@
 """The Triton rasterize / gather / nonuniform_upsample against the reference, on tiny lattices.
 
+Both methods: ``"quads"`` (the default, 4 taps) and ``"triangles"`` (SPEC 3.1, 3 taps).
 Rasterize decides containment in float64 with the reference's formula, but a pixel centre exactly
-on a shared edge may legitimately go to either triangle when the last bits differ. So indices are
+on a shared edge may legitimately go to either cell when the last bits differ. So indices are
 compared where the reference's owner triangle is unambiguous (all weights clearly positive, or a
 nearest-point pixel), and everywhere else through gathered values, which are continuous across
 edges.
@@ -13,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from sfm_core import functional as reference
@@ -62,29 +64,33 @@ def make_positions(kind: str, batch: int, lattice: tuple[int, int]) -> torch.Ten
 
 
 def unambiguous(index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Pixels whose reference owner cannot flip: strictly inside a triangle, or nearest-point."""
-    nearest = (index[..., 0] == index[..., 1]) & (index[..., 1] == index[..., 2])
+    """Pixels whose reference owner cannot flip: strictly inside a cell, or nearest-point."""
+    nearest = (index == index[..., :1]).all(-1) & (weights[..., 0] == 1)
     return nearest | (weights.min(-1).values > 1e-5)
 
 
+@pytest.mark.parametrize(("method", "taps"), [("quads", 4), ("triangles", 3)])
 @pytest.mark.parametrize(("kind", "batch", "lattice", "size"), CASES, ids=str)
 def test_rasterize_matches_reference(
     kind: str,
     batch: int,
     lattice: tuple[int, int],
     size: tuple[int, int],
+    method: str,
+    taps: int,
     device: torch.device,
 ) -> None:
     positions = make_positions(kind, batch, lattice)
-    index, weights = rasterize(positions.to(device), size)
-    assert index.shape == weights.shape == (batch, *size, 3)
+    index, weights = rasterize(positions.to(device), size, method=method)
+    assert index.shape == weights.shape == (batch, *size, taps)
     assert index.dtype == torch.int64
     assert weights.dtype == torch.float32
     index, weights = index.cpu(), weights.cpu()
-    expected_index, expected_weights = reference.rasterize(positions, size)
+    expected_index, expected_weights = reference.rasterize(positions, size, method=method)
 
     sure = unambiguous(expected_index, expected_weights)
-    assert sure.float().mean() > 0.5
+    if method == "triangles":  # quads: on uniform lattices most pixel centres lie on cell edges
+        assert sure.float().mean() > 0.5
     assert torch.equal(index[sure], expected_index[sure])
     torch.testing.assert_close(weights[sure], expected_weights[sure], rtol=0, atol=1e-6)
     # Everywhere: the same interpolant (a random field through both rasterizations).
@@ -119,10 +125,24 @@ def test_rasterize_reads_strided_positions(device: torch.device) -> None:
     assert torch.equal(weights, expected_weights)
 
 
-def test_uncovered_pixels_take_the_nearest_lattice_value(device: torch.device) -> None:
+@pytest.mark.parametrize(
+    ("lattice", "size"),
+    [((4, 4), (16, 16)), ((5, 7), (13, 11)), ((6, 7), (6, 7)), ((1, 5), (3, 10)), ((9, 8), (4, 5))],
+)
+def test_quads_on_a_uniform_lattice_are_bilinear_resizing(
+    lattice: tuple[int, int], size: tuple[int, int], device: torch.device
+) -> None:
+    z = torch.randn(2, 3, *lattice, device=device)
+    positions = identity_positions(2, *lattice, device=device, dtype=torch.float64)
+    expected = F.interpolate(z.cpu().double(), size, mode="bilinear", align_corners=False)
+    out = nonuniform_upsample(z, positions, size)
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=0, atol=1e-6)
+
+
+def test_triangles_leave_uncovered_pixels_the_nearest_lattice_value(device: torch.device) -> None:
     positions = identity_positions(1, 4, 4, device=device)
     z = torch.arange(16, dtype=torch.float32, device=device).view(1, 1, 4, 4) + 1
-    y = nonuniform_upsample(z, positions, (16, 16))
+    y = nonuniform_upsample(z, positions, (16, 16), method="triangles")
     assert y[0, 0, 0, 0] == 1
     assert y[0, 0, 15, 15] == 16
     assert y[0, 0, 0, 15] == 4
@@ -183,6 +203,21 @@ def test_gather_matches_reference(
         assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_gather_of_three_triangle_taps(
+    device: torch.device, assert_close: Callable[..., None]
+) -> None:
+    index, weights = reference.rasterize(warped_positions(2, 5, 6), (9, 13), method="triangles")
+    index, weights = index.to(device), weights.to(device).requires_grad_()
+    z = make_z((2, 3, 5, 6), torch.float32, "channels_last").to(device).requires_grad_()
+    out = gather(z, index, weights)
+    grad = torch.randn(out.shape, device=device)
+    grad_z, grad_weights = torch.autograd.grad(out, (z, weights), grad)
+    expected, expected_grad_z, expected_grad_weights = reference_gather(z, index, weights, grad)
+    assert_close(out.cpu(), expected, msg="out")
+    assert_close(grad_z.cpu(), expected_grad_z, msg="grad_z")
+    assert_close(grad_weights.cpu(), expected_grad_weights, msg="grad_weights")
+
+
 def test_gather_int32_index_and_half_weights(
     device: torch.device, assert_close: Callable[..., None]
 ) -> None:
@@ -193,17 +228,18 @@ def test_gather_int32_index_and_half_weights(
     assert_close(out.cpu(), expected)
 
 
+@pytest.mark.parametrize("method", ["quads", "triangles"])
 @pytest.mark.parametrize("kind", ["warped", "folded"])
 def test_nonuniform_upsample_matches_reference(
-    kind: str, device: torch.device, assert_close: Callable[..., None]
+    kind: str, method: str, device: torch.device, assert_close: Callable[..., None]
 ) -> None:
     positions = make_positions(kind, 2, (6, 5))
     z = torch.randn(2, 5, 6, 5, device=device, requires_grad=True)
-    out = nonuniform_upsample(z, positions.to(device), (13, 11))
+    out = nonuniform_upsample(z, positions.to(device), (13, 11), method=method)
     grad = torch.randn(out.shape, device=device)
     (grad_z,) = torch.autograd.grad(out, (z,), grad)
     z64 = z.detach().cpu().double().requires_grad_()
-    expected = reference.nonuniform_upsample(z64, positions, (13, 11))
+    expected = reference.nonuniform_upsample(z64, positions, (13, 11), method=method)
     (expected_grad_z,) = torch.autograd.grad(expected, (z64,), grad.cpu().double())
     assert_close(out.cpu(), expected.float())
     assert_close(grad_z.cpu(), expected_grad_z.float())
@@ -239,13 +275,15 @@ def test_flops_are_counted(device: torch.device) -> None:
     z = torch.randn(1, 3, 4, 5, device=device, requires_grad=True)
     with FlopCounterMode(display=False) as counter:
         nonuniform_upsample(z, positions, (8, 9)).sum().backward()
-    # 3 MACs per output element forward and again for grad_z (no grad to the weights).
-    assert counter.get_total_flops() == 2 * 3 * (3 * 8 * 9) * 2
+    # 4 MACs (taps of a quad) per output element forward and again for grad_z (no grad to the
+    # weights).
+    assert counter.get_total_flops() == 2 * 4 * (3 * 8 * 9) * 2
 
 
 def test_opcheck(device: torch.device) -> None:
     positions = warped_positions(1, 4, 5).to(device)
     torch.library.opcheck(torch.ops.sfm.rasterize.default, (positions, [7, 6]))
+    torch.library.opcheck(torch.ops.sfm.rasterize.default, (positions, [7, 6], "triangles"))
     index, weights = rasterize(positions, (7, 6))
     z = torch.randn(1, 3, 4, 5, device=device, requires_grad=True)
     torch.library.opcheck(torch.ops.sfm.gather.default, (z, index, weights.requires_grad_()))
@@ -285,10 +323,17 @@ def test_opcheck(device: torch.device) -> None:
         ),
         (
             lambda: gather(
-                torch.ones(1, 2, 2, 2), torch.ones(1, 3, 3, 2).long(), torch.ones(1, 3, 3, 2)
+                torch.ones(1, 2, 2, 2), torch.ones(1, 3, 3, 4).long(), torch.ones(1, 3, 3, 3)
             ),
             ValueError,
-            r"\[B, Ho, Wo, 3\]",
+            r"\[B, Ho, Wo, T\]",
+        ),
+        (
+            lambda: nonuniform_upsample(
+                torch.ones(1, 2, 4, 4), torch.ones(1, 2, 4, 4), (8, 8), method="delaunay"
+            ),
+            ValueError,
+            r"method must be one of \['quads', 'triangles'\]",
         ),
         (
             lambda: gather(
@@ -358,6 +403,6 @@ def test_fvcore_handles_count_the_ops(device: torch.device) -> None:
     inputs = (torch.randn(1, 3, 4, 5, device=device), warped_positions(1, 4, 5).to(device))
     counted = jit_analysis.FlopCountAnalysis(TracedMSAU(), inputs).set_op_handle(**fvcore_handles())
     by_operator = counted.by_operator()
-    assert by_operator["gather"] == gather_macs((1, 3, 4, 5), (1, 9, 8, 3))
+    assert by_operator["gather"] == gather_macs((1, 3, 4, 5), (1, 9, 8, 4))
     assert by_operator["lprm_aggregate"] == lprm_aggregate_macs((1, 3, 9, 8))
     assert not counted.unsupported_ops()

@@ -63,7 +63,8 @@ def grid_sampler_backward_flops(
 def _bag_macs(weight_shape: Any, indices_shape: Any) -> int:
     """One MAC per gathered value: ``len(indices) * embedding_dim``.
 
-    With 3 indices per output pixel this is :func:`sfm_core.flops.gather_macs`.
+    With T indices per output pixel (4 quads, 3 triangles) this is
+    :func:`sfm_core.flops.gather_macs`.
     """
     return int(torch.Size(indices_shape).numel()) * int(weight_shape[1])
 

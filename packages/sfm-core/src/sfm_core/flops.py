@@ -33,8 +33,9 @@ def saliency_grid_macs(logits_shape: Shape, window: int) -> int:
 
 
 def gather_macs(z_shape: Shape, index_shape: Shape) -> int:
-    """Barycentric blend: 3 MACs per output element (index is [B, Ho, Wo, 3])."""
-    return 3 * z_shape[0] * z_shape[1] * index_shape[1] * index_shape[2]
+    """One MAC per tap and output element (index is ``[B, Ho, Wo, T]``: 4 taps for the default
+    quads, 3 for triangles)."""
+    return int(index_shape[3]) * z_shape[0] * z_shape[1] * index_shape[1] * index_shape[2]
 
 
 def lprm_aggregate_macs(v_shape: Shape) -> int:

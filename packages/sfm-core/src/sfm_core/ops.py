@@ -13,6 +13,7 @@ import torch
 from sfm_core import functional as reference
 from sfm_core._checks import check_is_tensor
 from sfm_core.backends import implementation, plugins
+from sfm_core.functional.lattice_cells import DEFAULT_METHOD, check_method
 
 plugins()  # load plug-ins now, outside any compiled region
 
@@ -43,12 +44,14 @@ def nonuniform_upsample(
     positions: torch.Tensor,
     size: tuple[int, int],
     *,
+    method: str = DEFAULT_METHOD,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """See :func:`sfm_core.functional.nonuniform_upsample`."""
+    """See :func:`sfm_core.functional.nonuniform_upsample` (``method``: ``"quads"``/``"triangles"``)."""
     check_is_tensor(z=z, positions=positions)
+    check_method(method)
     run = implementation("nonuniform_upsample", z.device, backend, reference.nonuniform_upsample)
-    return run(z, positions, size)  # type: ignore[no-any-return]
+    return run(z, positions, size, method=method)  # type: ignore[no-any-return]
 
 
 def lprm_aggregate(

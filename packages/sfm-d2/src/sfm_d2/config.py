@@ -22,6 +22,8 @@ from sfm_core.functional.saliency import MAX_WINDOW, MIN_FWHM, MIN_S_MIN
 ARS_STAGE_NAMES = ("res3", "res4", "res5")
 GENERATORS = ("avg-lhpf-psp", "avg-psp", "conv")
 BACKENDS = ("auto", "reference", "triton")
+# Non-uniform upsampling methods (sfm_core.functional.lattice_cells.METHODS).
+UPSAMPLE_METHODS = ("quads", "triangles")
 # Names detectron2.layers.get_norm understands (0.6 and later).
 NORMS = ("BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN")
 
@@ -38,7 +40,12 @@ _SFM: dict[str, Any] = {
     "EDGE_LOSS_WEIGHT": 0.0,
     "BACKEND": "auto",
     "LR_MULTIPLIER": 1.0,
-    "MSAU": {"ENABLED": True, "DILATIONS": [1, 2, 4, 8, 16], "GATED": True},
+    "MSAU": {
+        "ENABLED": True,
+        "DILATIONS": [1, 2, 4, 8, 16],
+        "GATED": True,
+        "UPSAMPLE_METHOD": "quads",
+    },
     "MASK2FORMER": {
         "WARPED_POSITIONAL_ENCODING": True,
         "NONUNIFORM_UPSAMPLE": True,
@@ -241,6 +248,13 @@ def validate_sfm_config(cfg: CfgNode) -> None:
     )
     for key in ("ENABLED", "GATED"):
         _require(isinstance(sfm.MSAU[key], bool), f"MSAU.{key}", "a bool", sfm.MSAU[key])
+    method = sfm.MSAU.UPSAMPLE_METHOD
+    _require(
+        method in UPSAMPLE_METHODS,
+        "MSAU.UPSAMPLE_METHOD",
+        f"one of {list(UPSAMPLE_METHODS)}",
+        method,
+    )
     for key, value in sfm.MASK2FORMER.items():
         _require(isinstance(value, bool), f"MASK2FORMER.{key}", "a bool", value)
 

@@ -8,11 +8,12 @@ element-wise ops (softmax, exp, add, mul, GELU...) and lists them as "unsupporte
   output element and channel (fvcore's default assumes bilinear for every mode);
 * ``aten::avg_pool2d`` (ARS's 3×3 smoothing): ``kh·kw`` adds per output element;
 * ``aten::embedding_bag`` (the reference non-uniform upsampling's gather): one MAC per bag
-  member and channel, i.e. 3 per output element and channel, as ``sfm::gather``;
+  member and channel, i.e. 4 (quads, the default) or 3 (triangles) per output element and
+  channel, as ``sfm::gather``;
 * the ``sfm::*`` custom ops a plug-in backend registers (sfm-triton; they appear in a trace only
   on its devices), with :func:`sfm_core.flops.fvcore_handles`, by the op definitions: ``resample`` 4 per output element and channel,
-  ``saliency_grid`` 3·(2P+1)² per pixel (three window sums), ``gather`` 3 per output element and
-  channel, ``lprm_aggregate`` 9 per output element; ``rasterize`` (index bookkeeping) 0.
+  ``saliency_grid`` 3·(2P+1)² per pixel (three window sums), ``gather`` one per tap (4 or 3) per output
+  element and channel, ``lprm_aggregate`` 9 per output element; ``rasterize`` (index bookkeeping) 0.
 
 On the reference path the saliency grid is not one op: fvcore sees and counts its two separable
 1-D convolutions, (2·(H+2P)·W + 3·H·W)·(2P+1) MACs per map, which is what that path computes.

@@ -9,6 +9,7 @@ from torch import nn
 
 from sfm_core import ops
 from sfm_core._checks import check_same_batch, check_same_device, check_size
+from sfm_core.functional.lattice_cells import DEFAULT_METHOD, check_method
 from sfm_core.functional.positions import check_positions
 from sfm_core.nn._inputs import check_channels, check_features
 from sfm_core.nn.lprm import LocalPixelRelation
@@ -23,7 +24,9 @@ class MultiScaleAdaptiveUpsampling(nn.Module):
     cascade guided by ``guide`` ``[B, guide_channels, *size]``, or by the upsampled values
     themselves when ``guide`` is ``None`` (which needs ``guide_channels == channels``). Starts as
     plain non-uniform upsampling (the LPRM gates start at 0); ``gated=False`` gives the authors'
-    ungated cascade, which does not.
+    ungated cascade, which does not. ``method`` chooses the non-uniform upsampling:
+    ``"quads"`` (default; exactly bilinear resizing on a uniform lattice, so a fresh MSAU on
+    unwarped features is plain bilinear upsampling) or SPEC 3.1's ``"triangles"``.
     """
 
     def __init__(
@@ -34,10 +37,12 @@ class MultiScaleAdaptiveUpsampling(nn.Module):
         *,
         gated: bool = True,
         norm_layer: NormLayer = nn.BatchNorm2d,
+        method: str = DEFAULT_METHOD,
         backend: str | None = None,
     ) -> None:
         super().__init__()
         self.channels = check_channels("channels", channels)
+        self.method = check_method(method)
         self.relation = LocalPixelRelation(
             guide_channels, dilations, gated=gated, norm_layer=norm_layer, backend=backend
         )
@@ -77,5 +82,7 @@ class MultiScaleAdaptiveUpsampling(nn.Module):
             check_same_batch(z=z, guide=guide)
             if guide.shape[-2:] != (height, width):
                 raise ValueError(f"guide must be {hint}, got shape {tuple(guide.shape)}")
-        upsampled = ops.nonuniform_upsample(z, positions, (height, width), backend=self.backend)
+        upsampled = ops.nonuniform_upsample(
+            z, positions, (height, width), method=self.method, backend=self.backend
+        )
         return self.relation(upsampled, upsampled if guide is None else guide)  # type: ignore[no-any-return]

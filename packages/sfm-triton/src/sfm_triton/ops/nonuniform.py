@@ -1,15 +1,21 @@
 """Non-uniform upsampling (SPEC 3.1) as Triton kernels: ``rasterize``, ``gather`` and their composition.
 
+Both methods of the reference (:mod:`sfm_core.functional.lattice_cells`): ``"quads"`` (default;
+bilinear within the quads of the lattice extended by its ring to the target's edge pixel
+centres, 4 taps) and ``"triangles"`` (SPEC 3.1, 3 taps).
+
 ``rasterize`` (not differentiable), four launches with fixed shapes (the compaction counter would
 not survive the autotuner's repeated timing runs), containment decided in float64 like the
 reference:
 
-1. *owner*: one program per block of lattice triangles scans each triangle's bounding box (in
-   chunks of pixels) and ``atomic_min``-s the triangle id into an int32 owner map. The minimum is
-   order independent, so "the lowest triangle id wins on shared edges" holds exactly.
-2. *weights*: one program per block of target pixels recomputes the barycentric weights of its
-   owner triangle, and appends the pixels no triangle covers to a compact list (one atomic per
-   program reserves the slots, a prefix sum places the pixels).
+1. *owner*: one program per block of cells (quads or triangles) scans each cell's bounding box
+   (in chunks of pixels) and ``atomic_min``-s the cell id into an int32 owner map. The minimum is
+   order independent, so "the lowest cell id wins on shared edges" holds exactly. A quad covers
+   the union of the two triangles on its interior diagonal.
+2. *weights*: one program per block of target pixels recomputes the weights in its owner cell
+   (barycentric, or the closed-form inverse of the quad's bilinear map), and appends the pixels
+   no cell covers to a compact list (one atomic per program reserves the slots, a prefix sum
+   places the pixels).
 3. *chunk bounds*: the bounding box of every run of 32 consecutive lattice ids.
 4. *nearest*: the listed pixels (the band outside the lattice hull, about half an upsampling
    factor wide, plus holes a folded lattice leaves) take their nearest lattice point, ties to the
@@ -19,8 +25,8 @@ reference:
    grid is sized for the worst case (every pixel uncovered) and idle programs return at once,
    so nothing syncs with the host (CUDA-graph capturable).
 
-``gather`` forward: one program per block of target pixels x channels sums its 3 weighted source
-values in fp32. Backward: ``grad_weights`` is a per-pixel channel reduction (single writer);
+``gather`` (any number of taps T: 4 from quads, 3 from triangles) forward: one program per block
+of target pixels x channels sums its T weighted source values in fp32. Backward: ``grad_weights`` is a per-pixel channel reduction (single writer);
 ``grad_z`` is the transpose, formulated as a gather over an inverse index (CSR: the (pixel,
 vertex) entries sorted stably by source, offsets by ``searchsorted``), so every source value is
 summed by one program in a fixed order: no atomics, deterministic.
@@ -39,12 +45,18 @@ from torch.utils.flop_counter import register_flop_formula
 
 from sfm_core._checks import check_same_batch, check_size, check_tensor
 from sfm_core.flops import gather_macs
+from sfm_core.functional.lattice_cells import (
+    DEFAULT_METHOD,
+    INSIDE_TOL,
+    MIN_DET,
+    TAPS,
+    check_method,
+)
 from sfm_core.functional.positions import check_positions
 from sfm_triton._runtime import autotune_configs, cdiv, check_device, check_dtype
 
 _FAR = float(2**20)  # the reference's clamp of far-out positions (image sizes)
 
-VERTICES = 3
 _NO_OWNER = 2**31 - 1
 _POSITION_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _WEIGHT_DTYPES = _POSITION_DTYPES
@@ -52,6 +64,9 @@ _WEIGHT_DTYPES = _POSITION_DTYPES
 # Rasterize launches use fixed shapes: their cost is small next to the gather, and the compaction
 # kernel's counter would be corrupted by the autotuner's repeated timing runs.
 _OWNER_BLOCK_T, _OWNER_BLOCK_S = 32, 16
+_QUAD_OWNER_BLOCK_S = 16
+# Taps a gather takes (grad_weights keeps one accumulator per tap): 4 (quads) or 3 (triangles).
+_MAX_TAPS = 4
 _PIXEL_BLOCK = 128
 _NEAREST_BLOCK_U, _NEAREST_BLOCK_L = 32, 32
 _NEAREST_SUBSET = 256  # lattice points that bound each uncovered pixel's nearest distance
@@ -140,6 +155,211 @@ def _barycentric(x0, y0, x1, y1, x2, y2, det, qx, qy):
     l0 = ((y1 - y2) * (qx - x2) + (x2 - x1) * (qy - y2)) / det
     l1 = ((y2 - y0) * (qx - x2) + (x0 - x2) * (qy - y2)) / det
     return l0, l1, 1.0 - l0 - l1
+
+
+@triton.jit
+def _ring_point(pos_ptr, pos_base, spc, sph, spw, h, w, Ho, Wo, row, col, mask):
+    """Id and position of point ``(row, col)`` (``-1..h``, ``-1..w``) of the extended lattice.
+
+    A ring point repeats its edge neighbour, pushed out to the target's edge pixel-centre line
+    (the reference's ``extended_lattice``).
+    """
+    i = tl.minimum(tl.maximum(row, 0), h - 1)
+    j = tl.minimum(tl.maximum(col, 0), w - 1)
+    x, y = _lattice_point(
+        pos_ptr, pos_base + i.to(tl.int64) * sph + j.to(tl.int64) * spw, spc, Wo, Ho, mask
+    )
+    x = tl.where(col < 0, tl.minimum(x, 0.5), x)
+    # (0 + Wo) in float64: Wo may be a specialised constant (1).
+    x = tl.where(w <= col, tl.maximum(x, tl.zeros_like(x) + Wo - 0.5), x)
+    y = tl.where(row < 0, tl.minimum(y, 0.5), y)
+    y = tl.where(h <= row, tl.maximum(y, tl.zeros_like(y) + Ho - 0.5), y)
+    return i * w + j, x, y
+
+
+@triton.jit
+def _quad(pos_ptr, pos_base, spc, sph, spw, h, w, Ho, Wo, quad, mask):
+    """Vertex ids and coordinates of quad ``quad`` of the extended lattice (row-major cells).
+
+    Vertices a = (row, col), b = (row, col+1), c = (row+1, col), d = (row+1, col+1).
+    """
+    row = quad // (w + 1) - 1
+    col = quad % (w + 1) - 1
+    va, xa, ya = _ring_point(pos_ptr, pos_base, spc, sph, spw, h, w, Ho, Wo, row, col, mask)
+    vb, xb, yb = _ring_point(pos_ptr, pos_base, spc, sph, spw, h, w, Ho, Wo, row, col + 1, mask)
+    vc, xc, yc = _ring_point(pos_ptr, pos_base, spc, sph, spw, h, w, Ho, Wo, row + 1, col, mask)
+    vd, xd, yd = _ring_point(pos_ptr, pos_base, spc, sph, spw, h, w, Ho, Wo, row + 1, col + 1, mask)
+    return va, vb, vc, vd, xa, ya, xb, yb, xc, yc, xd, yd
+
+
+@triton.jit
+def _cross(ux, uy, vx, vy):
+    return ux * vy - uy * vx
+
+
+@triton.jit
+def _quad_triangles(xa, ya, xb, yb, xc, yc, xd, yd):
+    """The two triangles on the quad's interior diagonal: (a, b, d), (a, d, c) when b and c lie on
+    opposite sides of a-d, else (a, b, c), (b, d, c) (the reference's ``locate_in_quad``)."""
+    side_b = _cross(xd - xa, yd - ya, xb - xa, yb - ya)
+    side_c = _cross(xd - xa, yd - ya, xc - xa, yc - ya)
+    split_ad = side_b * side_c < 0
+    x2 = tl.where(split_ad, xd, xc)
+    y2 = tl.where(split_ad, yd, yc)
+    x3 = tl.where(split_ad, xa, xb)
+    y3 = tl.where(split_ad, ya, yb)
+    return xa, ya, xb, yb, x2, y2, x3, y3, xd, yd, xc, yc
+
+
+@triton.jit
+def _in_triangle(x0, y0, x1, y1, x2, y2, qx, qy, MIN_DET: tl.constexpr, TOL: tl.constexpr):
+    """The reference's containment test: a proper triangle, barycentric weights >= -TOL."""
+    det = _determinant(x0, y0, x1, y1, x2, y2)
+    proper = tl.abs(det) > MIN_DET
+    l0, l1, l2 = _barycentric(x0, y0, x1, y1, x2, y2, tl.where(proper, det, 1.0), qx, qy)
+    return proper & (l0 >= -TOL) & (l1 >= -TOL) & (l2 >= -TOL)
+
+
+@triton.jit
+def _finite_root(t):
+    """The reference's ``nan_to_num(0.5, 5, -4)`` then clamp to ``[-4, 5]``."""
+    t = tl.where(t != t, 0.5, t)
+    return tl.minimum(tl.maximum(t, -4.0), 5.0)
+
+
+@triton.jit
+def _s_of(t, ex, ey, fx, fy, gx, gy, hx, hy):
+    ux = ex + t * gx
+    uy = ey + t * gy
+    norm = ux * ux + uy * uy
+    s = ((hx - t * fx) * ux + (hy - t * fy) * uy) / tl.where(norm > 0, norm, 1.0)
+    s = tl.where(norm > 0, s, 0.5)
+    s = tl.where(s != s, 0.5, s)
+    s = tl.where(s == float("inf"), 5.0, s)
+    return tl.where(s == float("-inf"), -4.0, s)
+
+
+@triton.jit
+def _outside(s, t):
+    return tl.maximum(tl.maximum(tl.maximum(-s, s - 1), tl.maximum(-t, t - 1)), 0.0)
+
+
+@triton.jit
+def _inverse_bilinear(xa, ya, xb, yb, xc, yc, xd, yd, qx, qy):
+    """``(s, t)`` in ``[0, 1]^2`` that the quad's bilinear map sends to ``(qx, qy)`` (float64).
+
+    The reference's closed form (``sfm_core.functional.lattice_cells.locate_in_quad``).
+    """
+    ex = xb - xa
+    ey = yb - ya
+    fx = xc - xa
+    fy = yc - ya
+    gx = (xd - xc) - ex
+    gy = (yd - yc) - ey
+    hx = qx - xa
+    hy = qy - ya
+    k2 = _cross(gx, gy, fx, fy)
+    k1 = _cross(ex, ey, fx, fy) + _cross(hx, hy, gx, gy)
+    k0 = _cross(hx, hy, ex, ey)
+    root = tl.sqrt(tl.maximum(k1 * k1 - 4.0 * k2 * k0, 0.0))
+    half = -0.5 * (k1 + tl.where(k1 < 0, -root, root))
+    t_small = tl.where(half != 0, k0 / tl.where(half != 0, half, 1.0), 5.0)
+    t_small = _finite_root(tl.where((half == 0) & (k2 == 0), 0.5, t_small))
+    t_large = _finite_root(tl.where(k2 != 0, half / tl.where(k2 != 0, k2, 1.0), 5.0))
+    s_small = _s_of(t_small, ex, ey, fx, fy, gx, gy, hx, hy)
+    s_large = _s_of(t_large, ex, ey, fx, fy, gx, gy, hx, hy)
+    take_small = _outside(s_small, t_small) <= _outside(s_large, t_large)
+    s = tl.minimum(tl.maximum(tl.where(take_small, s_small, s_large), 0.0), 1.0)
+    t = tl.minimum(tl.maximum(tl.where(take_small, t_small, t_large), 0.0), 1.0)
+    return s, t
+
+
+@triton.jit
+def _quad_owner_kernel(
+    pos_ptr, owner_ptr,
+    h, w, Ho, Wo, quads,
+    spb, spc, sph, spw,
+    MIN_DET: tl.constexpr, TOL: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    """``owner[b, pixel] = min`` id of the extended lattice's quads containing the pixel centre."""
+    b = tl.program_id(1).to(tl.int64)
+    quad = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    quad_mask = quad < quads
+    _, _, _, _, xa, ya, xb, yb, xc, yc, xd, yd = _quad(
+        pos_ptr, b * spb, spc, sph, spw, h, w, Ho, Wo, quad, quad_mask
+    )
+    x_min = tl.minimum(tl.minimum(xa, xb), tl.minimum(xc, xd))
+    x_max = tl.maximum(tl.maximum(xa, xb), tl.maximum(xc, xd))
+    y_min = tl.minimum(tl.minimum(ya, yb), tl.minimum(yc, yd))
+    y_max = tl.maximum(tl.maximum(ya, yb), tl.maximum(yc, yd))
+    x_lo = tl.minimum(tl.maximum(tl.ceil(x_min - 0.5 - 1e-7), 0), Wo)
+    x_hi = tl.minimum(tl.maximum(tl.floor(x_max - 0.5 + 1e-7), -1), Wo - 1)
+    y_lo = tl.minimum(tl.maximum(tl.ceil(y_min - 0.5 - 1e-7), 0), Ho)
+    y_hi = tl.minimum(tl.maximum(tl.floor(y_max - 0.5 + 1e-7), -1), Ho - 1)
+    box_w = tl.maximum(x_hi - x_lo + 1, 0).to(tl.int32)
+    box_h = tl.maximum(y_hi - y_lo + 1, 0).to(tl.int32)
+    x0, y0, x1, y1, x2, y2, x3, y3, x4, y4, x5, y5 = _quad_triangles(xa, ya, xb, yb, xc, yc, xd, yd)
+    count = tl.where(quad_mask, box_w * box_h, 0)
+    col0 = x_lo.to(tl.int32)
+    row0 = y_lo.to(tl.int32)
+    width = tl.maximum(box_w, 1)
+    owner_base = owner_ptr + b * Ho * Wo
+    for s0 in range(0, tl.max(count, axis=0), BLOCK_S):
+        slot = s0 + tl.arange(0, BLOCK_S)
+        in_box = slot[None, :] < count[:, None]
+        col = col0[:, None] + slot[None, :] % width[:, None]
+        row = row0[:, None] + slot[None, :] // width[:, None]
+        qx = col.to(tl.float64) + 0.5
+        qy = row.to(tl.float64) + 0.5
+        # Per-quad values as [BLOCK_T, 1] columns (1-D float64 arithmetic on them breaks Triton
+        # 3.6's layout pass here).
+        first = _in_triangle(
+            x0[:, None], y0[:, None], x1[:, None], y1[:, None], x2[:, None], y2[:, None],
+            qx, qy, MIN_DET, TOL,
+        )  # fmt: skip
+        second = _in_triangle(
+            x3[:, None], y3[:, None], x4[:, None], y4[:, None], x5[:, None], y5[:, None],
+            qx, qy, MIN_DET, TOL,
+        )  # fmt: skip
+        ids = tl.broadcast_to(quad[:, None], [BLOCK_T, BLOCK_S])
+        tl.atomic_min(owner_base + row.to(tl.int64) * Wo + col, ids, mask=in_box & (first | second))
+
+
+@triton.jit
+def _quad_weights_kernel(
+    pos_ptr, owner_ptr, index_ptr, weights_ptr, missing_ptr, missing_count_ptr,
+    h, w, Ho, Wo,
+    spb, spc, sph, spw,
+    NO_OWNER: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Inverse-bilinear index/weights (4 taps) of the covered pixels; the others go to ``missing``."""
+    b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    pixel_mask = p < Ho * Wo
+    flat = b * Ho * Wo + p
+    owner = tl.load(owner_ptr + flat, mask=pixel_mask, other=NO_OWNER)
+    covered = pixel_mask & (owner != NO_OWNER)
+    va, vb, vc, vd, xa, ya, xb, yb, xc, yc, xd, yd = _quad(
+        pos_ptr, b * spb, spc, sph, spw, h, w, Ho, Wo, tl.where(covered, owner, 0), covered
+    )
+    qx = (p % Wo).to(tl.float64) + 0.5
+    qy = (p // Wo).to(tl.float64) + 0.5
+    s, t = _inverse_bilinear(xa, ya, xb, yb, xc, yc, xd, yd, qx, qy)
+    out = flat * 4
+    tl.store(index_ptr + out, va.to(tl.int64), mask=covered)
+    tl.store(index_ptr + out + 1, vb.to(tl.int64), mask=covered)
+    tl.store(index_ptr + out + 2, vc.to(tl.int64), mask=covered)
+    tl.store(index_ptr + out + 3, vd.to(tl.int64), mask=covered)
+    dtype = weights_ptr.dtype.element_ty
+    tl.store(weights_ptr + out, ((1 - s) * (1 - t)).to(dtype), mask=covered)
+    tl.store(weights_ptr + out + 1, (s * (1 - t)).to(dtype), mask=covered)
+    tl.store(weights_ptr + out + 2, ((1 - s) * t).to(dtype), mask=covered)
+    tl.store(weights_ptr + out + 3, (s * t).to(dtype), mask=covered)
+    missing = (pixel_mask & ~covered).to(tl.int32)
+    start = tl.atomic_add(missing_count_ptr, tl.sum(missing, axis=0))
+    slot = start + tl.cumsum(missing, axis=0) - 1
+    tl.store(missing_ptr + slot, flat, mask=missing != 0)
 
 
 @triton.jit
@@ -254,9 +474,9 @@ def _nearest_kernel(
     pos_ptr, bounds_ptr, index_ptr, weights_ptr, missing_ptr, missing_count_ptr,
     h, w, Ho, Wo, chunks, step, subset_rows, subset_cols,
     spb, spc, sph, spw,
-    BLOCK_U: tl.constexpr, BLOCK_L: tl.constexpr,
+    TAPS: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
-    """Listed pixels take their nearest lattice point (lowest id on ties), weights (1, 0, 0).
+    """Listed pixels take their nearest lattice point (lowest id on ties), weights (1, 0, ...).
 
     Exact, without visiting the whole lattice: the sub-lattice of every ``step``-th row and column
     (first and last included) bounds each pixel's nearest squared distance; then only the chunks
@@ -318,9 +538,9 @@ def _nearest_kernel(
                 better = chunk_best < best  # strict: an earlier chunk keeps a tie
                 best = tl.where(better, chunk_best, best)
                 best_id = tl.where(better, chunk_id, best_id)
-        out = flat * 3
+        out = flat * TAPS
         dtype = weights_ptr.dtype.element_ty
-        for t in tl.static_range(3):
+        for t in tl.static_range(TAPS):
             tl.store(index_ptr + out + t, best_id.to(tl.int64), mask=u_mask)
             tl.store(
                 weights_ptr + out + t,
@@ -330,32 +550,50 @@ def _nearest_kernel(
 
 
 def _rasterize_impl(
-    positions: torch.Tensor, out_h: int, out_w: int
+    positions: torch.Tensor, out_h: int, out_w: int, method: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     batch, _, height, width = positions.shape
     device = positions.device
+    taps = TAPS[method]
     weight_dtype = torch.float64 if positions.dtype == torch.float64 else torch.float32
-    index = torch.empty(batch, out_h, out_w, VERTICES, dtype=torch.int64, device=device)
-    weights = torch.empty(batch, out_h, out_w, VERTICES, dtype=weight_dtype, device=device)
+    index = torch.empty(batch, out_h, out_w, taps, dtype=torch.int64, device=device)
+    weights = torch.empty(batch, out_h, out_w, taps, dtype=weight_dtype, device=device)
     owner = torch.full((batch, out_h, out_w), _NO_OWNER, dtype=torch.int32, device=device)
     strides = positions.stride()
-    triangles = 2 * (height - 1) * (width - 1)
-    if triangles > 0:
-        _owner_kernel[(cdiv(triangles, _OWNER_BLOCK_T), batch)](
-            positions, owner,
-            height, width, out_h, out_w, triangles,
-            *strides,
-            BLOCK_T=_OWNER_BLOCK_T, BLOCK_S=_OWNER_BLOCK_S,
-        )  # fmt: skip
     pixels = batch * out_h * out_w
     missing = torch.empty(pixels, dtype=torch.int64, device=device)
     missing_count = torch.zeros(1, dtype=torch.int32, device=device)
-    _weights_kernel[(cdiv(out_h * out_w, _PIXEL_BLOCK), batch)](
-        positions, owner, index, weights, missing, missing_count,
-        height, width, out_h, out_w,
-        *strides,
-        NO_OWNER=_NO_OWNER, BLOCK=_PIXEL_BLOCK,
-    )  # fmt: skip
+    pixel_grid = (cdiv(out_h * out_w, _PIXEL_BLOCK), batch)
+    if method == "quads":
+        quads = (height + 1) * (width + 1)
+        _quad_owner_kernel[(cdiv(quads, _OWNER_BLOCK_T), batch)](
+            positions, owner,
+            height, width, out_h, out_w, quads,
+            *strides,
+            MIN_DET=MIN_DET, TOL=INSIDE_TOL,
+            BLOCK_T=_OWNER_BLOCK_T, BLOCK_S=_QUAD_OWNER_BLOCK_S,
+        )  # fmt: skip
+        _quad_weights_kernel[pixel_grid](
+            positions, owner, index, weights, missing, missing_count,
+            height, width, out_h, out_w,
+            *strides,
+            NO_OWNER=_NO_OWNER, BLOCK=_PIXEL_BLOCK,
+        )  # fmt: skip
+    else:
+        triangles = 2 * (height - 1) * (width - 1)
+        if triangles > 0:
+            _owner_kernel[(cdiv(triangles, _OWNER_BLOCK_T), batch)](
+                positions, owner,
+                height, width, out_h, out_w, triangles,
+                *strides,
+                BLOCK_T=_OWNER_BLOCK_T, BLOCK_S=_OWNER_BLOCK_S,
+            )  # fmt: skip
+        _weights_kernel[pixel_grid](
+            positions, owner, index, weights, missing, missing_count,
+            height, width, out_h, out_w,
+            *strides,
+            NO_OWNER=_NO_OWNER, BLOCK=_PIXEL_BLOCK,
+        )  # fmt: skip
     chunks = cdiv(height * width, _NEAREST_BLOCK_L)
     bounds = torch.empty(batch, chunks, 4, dtype=torch.float64, device=device)
     _chunk_bounds_kernel[(chunks, batch)](
@@ -370,24 +608,24 @@ def _rasterize_impl(
         height, width, out_h, out_w, chunks, step, cdiv(height - 1, step) + 1,
         cdiv(width - 1, step) + 1,
         *strides,
-        BLOCK_U=_NEAREST_BLOCK_U, BLOCK_L=_NEAREST_BLOCK_L,
+        TAPS=taps, BLOCK_U=_NEAREST_BLOCK_U, BLOCK_L=_NEAREST_BLOCK_L,
     )  # fmt: skip
     return index, weights
 
 
 @torch.library.custom_op("sfm::rasterize", mutates_args=())
 def _rasterize_op(
-    positions: torch.Tensor, size: Sequence[int]
+    positions: torch.Tensor, size: Sequence[int], method: str = DEFAULT_METHOD
 ) -> tuple[torch.Tensor, torch.Tensor]:
     check_device(positions=positions)
-    return _rasterize_impl(positions, int(size[0]), int(size[1]))
+    return _rasterize_impl(positions, int(size[0]), int(size[1]), check_method(method))
 
 
 @_rasterize_op.register_fake
 def _rasterize_fake(
-    positions: torch.Tensor, size: Sequence[int]
+    positions: torch.Tensor, size: Sequence[int], method: str = DEFAULT_METHOD
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    shape = (positions.shape[0], size[0], size[1], VERTICES)
+    shape = (positions.shape[0], size[0], size[1], TAPS[check_method(method)])
     weight_dtype = torch.float64 if positions.dtype == torch.float64 else torch.float32
     return (
         positions.new_empty(shape, dtype=torch.int64),
@@ -407,14 +645,17 @@ def _check_positions(positions: torch.Tensor) -> None:
     check_device(positions=positions)
 
 
-def rasterize(positions: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def rasterize(
+    positions: torch.Tensor, size: tuple[int, int], *, method: str = DEFAULT_METHOD
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton :func:`sfm_core.functional.rasterize`: same signature, semantics and dtypes.
 
     Containment is decided in float64 (as the reference); a pixel centre exactly on a shared
-    edge may still go to the other triangle where the last bits of the arithmetic differ. An
+    edge may still go to the other cell where the last bits of the arithmetic differ. An
     image with a non-finite position gets index 0 and NaN weights, as in the reference.
     """
     out_h, out_w = check_size("size", size)
+    check_method(method)
     _check_positions(positions)
     if positions.shape[0] * out_h * out_w >= 2**31:
         raise ValueError(f"B * Ho * Wo must stay below 2**31, got size {size!r}")
@@ -425,7 +666,7 @@ def rasterize(positions: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Ten
     broken = ~torch.isfinite(detached).flatten(1).all(dim=1).view(-1, 1, 1, 1)
     far = min(_FAR, torch.finfo(detached.dtype).max)
     safe = torch.where(broken, 0.5, detached).clamp(-far, far)
-    index, weights = torch.ops.sfm.rasterize(safe, [out_h, out_w])
+    index, weights = torch.ops.sfm.rasterize(safe, [out_h, out_w], method)
     return index.masked_fill(broken, 0), weights.masked_fill(broken, math.nan)
 
 
@@ -461,7 +702,7 @@ def _gather_forward_kernel(
     swb, swp, swt,
     sob, soc, soh, sow,
     CHANNELS_LAST, PIXEL_BUCKET,
-    FLAT_Z: tl.constexpr, FLAT_OUT: tl.constexpr,
+    TAPS: tl.constexpr, FLAT_Z: tl.constexpr, FLAT_OUT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(2).to(tl.int64)
@@ -471,7 +712,7 @@ def _gather_forward_kernel(
     mask = pixel_mask[:, None] & (c < K)[None, :]
     z_base = z_ptr + b * szb + c[None, :] * szc
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for t in range(3):
+    for t in range(TAPS):
         src = tl.load(index_ptr + b * sib + p * sip + t * sit, mask=pixel_mask, other=0)
         weight = tl.load(weights_ptr + b * swb + p * swp + t * swt, mask=pixel_mask, other=0.0)
         src_offset = _plane_offset(src.to(tl.int32), w, szh, szw, FLAT_Z)
@@ -491,27 +732,23 @@ def _gather_grad_weights_kernel(
     sib, sip, sit,
     sdb, sdp, sdt,
     CHANNELS_LAST, PIXEL_BUCKET,
-    FLAT_GRAD: tl.constexpr, FLAT_Z: tl.constexpr,
+    TAPS: tl.constexpr, FLAT_GRAD: tl.constexpr, FLAT_Z: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """``grad_weights(p, t) = sum_k dY(k, p) z(k, index(p, t))``, looping over the channels."""
+    """``grad_weights(p, t) = sum_k dY(k, p) z(k, index(p, t))``, looping over the channels.
+
+    Up to 4 taps, each with its own accumulator (a [BLOCK_P, 4] one spills on sm_90); the source
+    offsets are re-read per channel block (cached), not held in registers.
+    """
     b = tl.program_id(1).to(tl.int64)
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     pixel_mask = p < P
     index_base = index_ptr + b * sib + p * sip
-    offset0 = _plane_offset(
-        tl.load(index_base, mask=pixel_mask, other=0).to(tl.int32), w, szh, szw, FLAT_Z
-    )
-    offset1 = _plane_offset(
-        tl.load(index_base + sit, mask=pixel_mask, other=0).to(tl.int32), w, szh, szw, FLAT_Z
-    )
-    offset2 = _plane_offset(
-        tl.load(index_base + 2 * sit, mask=pixel_mask, other=0).to(tl.int32), w, szh, szw, FLAT_Z
-    )
     grad_pix = _plane_offset(p, Wo, sgh, sgw, FLAT_GRAD)
     dot0 = tl.zeros([BLOCK_P], dtype=tl.float32)
     dot1 = tl.zeros([BLOCK_P], dtype=tl.float32)
     dot2 = tl.zeros([BLOCK_P], dtype=tl.float32)
+    dot3 = tl.zeros([BLOCK_P], dtype=tl.float32)
     for c0 in range(0, K, BLOCK_C):
         c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
         mask = pixel_mask[:, None] & (c < K)[None, :]
@@ -519,18 +756,30 @@ def _gather_grad_weights_kernel(
             grad_ptr + b * sgb + c[None, :] * sgc + grad_pix[:, None], mask=mask, other=0.0
         ).to(tl.float32)
         z_base = z_ptr + b * szb + c[None, :] * szc
-        for t in range(3):  # a runtime loop: unrolled, the three tiles' loads are hoisted
-            offset = tl.where(t == 0, offset0, tl.where(t == 1, offset1, offset2))
+        for t in range(TAPS):  # a runtime loop: unrolled, every tap's tile loads are hoisted
+            offset = _tap_offset(index_base, t, sit, pixel_mask, w, szh, szw, FLAT_Z)
             value = tl.load(z_base + offset[:, None], mask=mask, other=0.0).to(tl.float32)
             dot = tl.sum(grad * value, axis=1)
             dot0 += tl.where(t == 0, dot, 0.0)
             dot1 += tl.where(t == 1, dot, 0.0)
             dot2 += tl.where(t == 2, dot, 0.0)
+            dot3 += tl.where(t == 3, dot, 0.0)
     out = grad_weights_ptr + b * sdb + p * sdp
     dtype = grad_weights_ptr.dtype.element_ty
     tl.store(out, dot0.to(dtype), mask=pixel_mask)
-    tl.store(out + sdt, dot1.to(dtype), mask=pixel_mask)
-    tl.store(out + 2 * sdt, dot2.to(dtype), mask=pixel_mask)
+    if TAPS > 1:
+        tl.store(out + sdt, dot1.to(dtype), mask=pixel_mask)
+    if TAPS > 2:
+        tl.store(out + 2 * sdt, dot2.to(dtype), mask=pixel_mask)
+    if TAPS > 3:
+        tl.store(out + 3 * sdt, dot3.to(dtype), mask=pixel_mask)
+
+
+@triton.jit
+def _tap_offset(index_base, t, sit, pixel_mask, w, szh, szw, FLAT_Z: tl.constexpr):
+    """Memory offset in a ``z`` plane of tap ``t``'s source, per pixel."""
+    src = tl.load(index_base + t * sit, mask=pixel_mask, other=0).to(tl.int32)
+    return _plane_offset(src, w, szh, szw, FLAT_Z)
 
 
 @triton.autotune(configs=_SCATTER_CONFIGS, key=_KEY)
@@ -541,13 +790,13 @@ def _gather_grad_z_kernel(
     sgb, sgc, sgh, sgw,
     sdb, sdc, sdh, sdw,
     CHANNELS_LAST, PIXEL_BUCKET,
-    FLAT_GRAD: tl.constexpr, FLAT_DZ: tl.constexpr,
+    TAPS: tl.constexpr, FLAT_GRAD: tl.constexpr, FLAT_DZ: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """``grad_z(k, s) = sum`` over the entries ``(p, t)`` listed for source ``s`` of ``w dY(k, p)``.
 
-    ``order`` lists the flat entries ``(b P + p) 3 + t`` sorted by source ``b S + s``;
-    ``offsets[b S + s]`` is where the source's run starts; ``weights`` is contiguous ``[B, P, 3]``.
+    ``order`` lists the flat entries ``(b P + p) T + t`` sorted by source ``b S + s``;
+    ``offsets[b S + s]`` is where the source's run starts; ``weights`` is contiguous ``[B, P, T]``.
     """
     b = tl.program_id(2).to(tl.int64)
     s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -566,7 +815,7 @@ def _gather_grad_z_kernel(
         listed = position < last
         entry = tl.load(order_ptr + position, mask=listed, other=0)
         weight = tl.load(weights_ptr + entry, mask=listed, other=0.0).to(tl.float32)
-        p = (entry // 3 - b * P).to(tl.int32)
+        p = (entry // TAPS - b * P).to(tl.int32)
         grad = tl.load(
             grad_base + _plane_offset(p, Wo, sgh, sgw, FLAT_GRAD),
             mask=listed & channel_mask,
@@ -582,8 +831,8 @@ def _gather_grad_z_kernel(
 
 
 def _flat_index(index: torch.Tensor) -> torch.Tensor:
-    """``index`` as ``[B, P, 3]`` (a view when possible)."""
-    return index.reshape(index.shape[0], -1, VERTICES)
+    """``index`` as ``[B, P, T]`` (a view when possible)."""
+    return index.reshape(index.shape[0], -1, index.shape[-1])
 
 
 def _flat_plane(tensor: torch.Tensor) -> bool:
@@ -621,7 +870,7 @@ def _gather_op(z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> t
         channels, width, pixels, out_w,
         *z.stride(), *flat_index.stride(), *flat_weights.stride(), *out.stride(),
         _is_channels_last(z), _bucket(pixels),
-        FLAT_Z=_flat_plane(z), FLAT_OUT=_flat_plane(out),
+        TAPS=index.shape[-1], FLAT_Z=_flat_plane(z), FLAT_OUT=_flat_plane(out),
     )  # fmt: skip
     return out
 
@@ -662,7 +911,7 @@ def _grad_z(
         channels, width, sources, pixels, index.shape[2],
         *grad.stride(), *grad_z.stride(),
         _is_channels_last(z), _bucket(sources),
-        FLAT_GRAD=_flat_plane(grad), FLAT_DZ=_flat_plane(grad_z),
+        TAPS=index.shape[-1], FLAT_GRAD=_flat_plane(grad), FLAT_DZ=_flat_plane(grad_z),
     )  # fmt: skip
     return grad_z
 
@@ -684,7 +933,7 @@ def _grad_weights(grad: torch.Tensor, z: torch.Tensor, index: torch.Tensor) -> t
         channels, width, pixels, index.shape[2],
         *grad.stride(), *z.stride(), *flat_index.stride(), *flat_grad_weights.stride(),
         _is_channels_last(z), _bucket(pixels),
-        FLAT_GRAD=_flat_plane(grad), FLAT_Z=_flat_plane(z),
+        TAPS=index.shape[-1], FLAT_GRAD=_flat_plane(grad), FLAT_Z=_flat_plane(z),
     )  # fmt: skip
     return grad_weights
 
@@ -758,15 +1007,15 @@ def _gather_backward_flops(
 
 def _check_gather(z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> None:
     check_tensor("z", z, ndim=4, shape_hint="[B, K, h, w]")
-    check_tensor("index", index, ndim=4, floating=False, shape_hint="[B, Ho, Wo, 3]")
-    check_tensor("weights", weights, ndim=4, shape_hint="[B, Ho, Wo, 3]")
+    check_tensor("index", index, ndim=4, floating=False, shape_hint="[B, Ho, Wo, T]")
+    check_tensor("weights", weights, ndim=4, shape_hint="[B, Ho, Wo, T]")
     check_same_batch(z=z, index=index, weights=weights)
     if index.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"index must be int32 or int64, got {index.dtype}")
-    if index.shape != weights.shape or index.shape[-1] != VERTICES:
+    if index.shape != weights.shape or not 1 <= index.shape[-1] <= _MAX_TAPS:
         raise ValueError(
-            f"index and weights must both be [B, Ho, Wo, 3], got {tuple(index.shape)} and "
-            f"{tuple(weights.shape)}"
+            f"index and weights must both be [B, Ho, Wo, T] with T >= 1 taps (at most "
+            f"{_MAX_TAPS} in sfm_triton), got {tuple(index.shape)} and {tuple(weights.shape)}"
         )
     if z.shape[0] > 65535:
         raise ValueError(f"z must have a batch of at most 65535, got {z.shape[0]}")
@@ -791,7 +1040,11 @@ def gather(z: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch
 
 
 def nonuniform_upsample(
-    z: torch.Tensor, positions: torch.Tensor, size: tuple[int, int]
+    z: torch.Tensor,
+    positions: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    method: str = DEFAULT_METHOD,
 ) -> torch.Tensor:
     """Triton :func:`sfm_core.functional.nonuniform_upsample`: ``gather(z, *rasterize(...))``.
 
@@ -799,6 +1052,7 @@ def nonuniform_upsample(
     """
     check_tensor("z", z, ndim=4, shape_hint="[B, K, h, w]")
     check_positions(positions)
+    check_method(method)
     check_same_batch(z=z, positions=positions)
     if positions.shape[-2:] != z.shape[-2:]:
         raise ValueError(
@@ -807,5 +1061,5 @@ def nonuniform_upsample(
         )
     check_dtype("z", z)
     check_device(z=z, positions=positions)
-    index, weights = rasterize(positions, size)
+    index, weights = rasterize(positions, size, method=method)
     return torch.ops.sfm.gather(z, index, weights)  # type: ignore[no-any-return]

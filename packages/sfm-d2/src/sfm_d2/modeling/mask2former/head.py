@@ -2,7 +2,8 @@
 
 Both live in detectron2's ``SEM_SEG_HEADS_REGISTRY`` (the official project registers its pixel
 decoders there too) and read the official keys; the SFM switches come from
-``MODEL.SFM.MASK2FORMER.*``, the LPRM settings from ``MODEL.SFM.MSAU.{DILATIONS,GATED}`` and
+``MODEL.SFM.MASK2FORMER.*``, the LPRM settings from ``MODEL.SFM.MSAU.{DILATIONS,GATED}``, the non-uniform upsampling method
+from ``MODEL.SFM.MSAU.UPSAMPLE_METHOD`` and
 ``MODEL.SFM.NORM``, the op backend from ``MODEL.SFM.BACKEND``.
 """
 
@@ -69,6 +70,7 @@ class SFMMSDeformAttnPixelDecoder(MSDeformAttnPixelDecoder):
             "common_stride": head.COMMON_STRIDE,
             "warped_positional_encoding": sfm.MASK2FORMER.WARPED_POSITIONAL_ENCODING,
             "nonuniform_upsample": sfm.MASK2FORMER.NONUNIFORM_UPSAMPLE,
+            "upsample_method": sfm.MSAU.UPSAMPLE_METHOD,
             "lprm": sfm.MASK2FORMER.LPRM,
             "lprm_dilations": list(sfm.MSAU.DILATIONS),
             "lprm_gated": sfm.MSAU.GATED,

@@ -26,6 +26,7 @@ from torch import nn
 
 from sfm_core import ops
 from sfm_core.functional import identity_positions
+from sfm_core.functional.lattice_cells import DEFAULT_METHOD, check_method
 from sfm_core.nn import LocalPixelRelation, own_random_stream
 from sfm_d2.modeling.backbone.outputs import positions_key
 from sfm_d2.modeling.mask2former.ms_deform_attn import MSDeformAttn
@@ -170,6 +171,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         transformer_in_features: levels the encoder reads (strides must exceed common_stride).
         common_stride: stride of the mask features (4).
         warped_positional_encoding, nonuniform_upsample, lprm: the SFM switches (module doc).
+        upsample_method: the non-uniform upsampling's ``method`` (``"quads"``: exactly bilinear
+            on a uniform lattice, so the switch alone leaves a plain model unchanged;
+            ``"triangles"``: SPEC 3.1).
         lprm_dilations, lprm_gated, lprm_norm_layer: the LPRM cascade when ``lprm``.
         backend: ``sfm_core.ops`` backend of the deformable attention and the SFM ops.
     """
@@ -190,6 +194,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         n_points: int = 4,
         warped_positional_encoding: bool = False,
         nonuniform_upsample: bool = False,
+        upsample_method: str = DEFAULT_METHOD,
         lprm: bool = False,
         lprm_dilations: Sequence[int] = (1, 2, 4, 8, 16),
         lprm_gated: bool = True,
@@ -204,6 +209,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.common_stride = common_stride
         self.warped_positional_encoding = warped_positional_encoding
         self.nonuniform_upsample = nonuniform_upsample
+        self.upsample_method = check_method(upsample_method)
         self.backend = backend
         coarse_first = self.transformer_in_features[::-1]
         self.input_proj = nn.ModuleList(
@@ -319,7 +325,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         if positions is None:  # a plain backbone's levels are uniform lattices
             batch, _, h, w = x.shape
             positions = identity_positions(batch, h, w, device=x.device, dtype=torch.float32)
-        return ops.nonuniform_upsample(x, positions, (height, width), backend=self.backend)
+        return ops.nonuniform_upsample(
+            x, positions, (height, width), method=self.upsample_method, backend=self.backend
+        )
 
     def forward(
         self, features: Mapping[str, torch.Tensor]
