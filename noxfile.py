@@ -127,7 +127,8 @@ def study(session: nox.Session) -> None:
     """The paired study (README): baseline checkpoints continued as baseline, SFM, ablations and a
     BlurPool-style low-pass; hierarchical-bootstrap intervals. Not a default session.
 
-    About 45 minutes on 2 CPU cores; ``nox -s study -- --quick`` is a ~3-minute smoke run. Writes
+    About 45 minutes on 2 quiet CPU cores (estimated); ``nox -s study -- --quick`` is a smoke run
+    of a few minutes. Writes
     ``study/`` (``--output DIR``); every option of ``projects/SFM-Mask2Former/tools/study.py``
     goes after ``--``. Finished runs are kept, so the same command resumes.
     """

@@ -2,7 +2,7 @@
 """The study (``nox -s study``): SFM vs baseline, ablations and a BlurPool-style low-pass, paired.
 
     python tools/study.py                  # ~45 min on 2 CPU cores -> study/study.md, .json, .png
-    python tools/study.py --quick          # a ~3-minute smoke run of the same pipeline
+    python tools/study.py --quick          # a smoke run of the same pipeline (minutes)
     python tools/study.py --base-seeds 0 1 2 --continue-iters 300   # any size
 
 Pretrains a baseline per base seed, continues each with every continuation seed in every arm,
@@ -28,7 +28,7 @@ DEMO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "finedetail" / 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="study", help="report folder (default: study)")
-    parser.add_argument("--quick", action="store_true", help="smoke-run sizes (~3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smoke-run sizes (12 short runs)")
     parser.add_argument("--base-seeds", type=int, nargs="+")
     parser.add_argument("--continuation-seeds", type=int, nargs="+")
     parser.add_argument("--pretrain-iters", type=int)

@@ -94,7 +94,8 @@ class Plan:
         )
 
 
-# 2 pretrainings and 2 x 1 x 5 continuations: 12 runs, two at a time (~3 min on 2 quiet cores).
+# 2 pretrainings and 2 x 1 x 5 continuations: 12 runs, two at a time (6.5 min measured at load
+# average ~6, mostly process start-up).
 QUICK = Plan(
     base_seeds=(0, 1),
     continuation_seeds=(100,),
@@ -107,5 +108,5 @@ QUICK = Plan(
 
 
 def quick_plan(**changes: object) -> Plan:
-    """The ``--quick`` plan (a ~3-minute smoke run), with ``changes``."""
+    """The ``--quick`` plan (a smoke run of a few minutes), with ``changes``."""
     return replace(QUICK, **changes)  # type: ignore[arg-type]
