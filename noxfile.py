@@ -160,6 +160,21 @@ def demo(session: nox.Session) -> None:
     session.run("python", "projects/SFM-Mask2Former/tools/demo.py", *session.posargs)
 
 
+@nox.session(python=PYTHON)
+def study(session: nox.Session) -> None:
+    """The paired study (README): baseline checkpoints continued as baseline, SFM, ablations and a
+    BlurPool-style low-pass; hierarchical-bootstrap intervals. Not a default session.
+
+    About 45 minutes on 2 quiet CPU cores (estimated); ``nox -s study -- --quick`` is a smoke run
+    of a few minutes. Writes
+    ``study/`` (``--output DIR``); every option of ``projects/SFM-Mask2Former/tools/study.py``
+    goes after ``--``. Finished runs are kept, so the same command resumes.
+    """
+    wheel = detectron2_wheel(session)
+    install(session, f"{CORE}[plot]", D2, wheel)
+    session.run("python", "projects/SFM-Mask2Former/tools/study.py", *session.posargs)
+
+
 # What users get from an unpinned install today. Bounded: sfm-core's tests, the Triton kernels'
 # backend contract and one kernel family, and the sfm-d2 tests that exercise the compatibility
 # layer, multi-process training and one Mask2Former training step.

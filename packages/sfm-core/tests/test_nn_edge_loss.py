@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sfm_core.functional import identity_positions
 from sfm_core.nn import edge_guidance_loss
 
 
@@ -111,3 +112,38 @@ def test_bad_inputs_raise_naming_the_argument() -> None:
         edge_guidance_loss(logits, labels, sigma=0.0)
     with pytest.raises(TypeError, match="ignore_index"):
         edge_guidance_loss(logits, labels, ignore_index=255.0)  # type: ignore[arg-type]
+
+
+def test_full_resolution_target_at_identity_positions_equals_the_stage_target() -> None:
+    """Labels at the logits' resolution and a uniform lattice: both targets are the same map."""
+    labels = two_regions(2, 13, 17, split=6)
+    labels[1, 9:, :4] = 2
+    logits = torch.randn(2, 1, 13, 17, dtype=torch.float64)
+    positions = identity_positions(2, 13, 17, dtype=torch.float64)
+    torch.testing.assert_close(
+        edge_guidance_loss(logits, labels, positions=positions), edge_guidance_loss(logits, labels)
+    )
+
+
+def test_full_resolution_target_keeps_a_one_pixel_line_that_the_stage_resize_drops() -> None:
+    labels = torch.zeros(1, 64, 64, dtype=torch.int64)
+    labels[:, :, 21] = 1  # a 1 px line: nearest resizing to 16x16 samples columns 4k+2 only
+    positions = identity_positions(1, 16, 16, dtype=torch.float64)
+    columns = torch.arange(16, dtype=torch.float64)
+    on_line = (-((columns - 5.0) ** 2) / 2).expand(1, 1, 16, 16)  # column 5 holds x = 21.5/64
+    flat = torch.zeros(1, 1, 16, 16, dtype=torch.float64)
+    # The stage target is empty (no boundary survives): a peak anywhere only costs.
+    assert edge_guidance_loss(on_line, labels) < edge_guidance_loss(flat, labels)
+    assert edge_guidance_loss(flat, labels) == pytest.approx(1.0)
+    full_peak = edge_guidance_loss(on_line, labels, positions=positions)
+    assert full_peak < 0.5 * edge_guidance_loss(flat, labels, positions=positions)
+    # Read where the samples sit: shifting the lattice by 5 map pixels moves the target along.
+    shifted = positions.clone()
+    shifted[:, 0] -= 5 / 16
+    assert edge_guidance_loss(on_line, labels, positions=shifted) > 2 * full_peak
+
+
+def test_full_resolution_positions_are_checked() -> None:
+    logits, labels = torch.randn(2, 1, 6, 7), torch.zeros(2, 12, 14, dtype=torch.int64)
+    with pytest.raises(ValueError, match="positions must be"):
+        edge_guidance_loss(logits, labels, positions=torch.rand(2, 2, 6, 6))

@@ -17,6 +17,7 @@ from PIL import Image
 
 from sfm_d2.data import finedetail
 from sfm_d2.demo import parse_table, run_demo
+from sfm_d2.demo.report import CONTROL_LABELS
 
 REPO = Path(__file__).resolve().parents[3]
 DEMO = REPO / "projects" / "SFM-Mask2Former" / "tools" / "demo.py"
@@ -77,7 +78,7 @@ def test_demo_table_parses_with_finite_numbers(report: Path) -> None:
     table = parse_table(report.read_text())
     rows = ["mIoU (%)", "boundary IoU (%)", "pixel accuracy (%)", "parameters (M)"]
     rows += [f"IoU `{name}` (%)" for name in finedetail.CLASSES]
-    rows += [row for row in table if row.startswith("aliasing ratio `")]
+    rows += [row for row in table if row.startswith("aliasing ratio `") and "(stride" in row]
     rows += ["aliasing ratio, mean over layers", "training time (s)", "training iterations"]
     rows += [row for row in table if row.startswith("GFLOPs")]
     assert len([r for r in rows if r.startswith("aliasing ratio `")]) == len(LAYERS)
@@ -100,6 +101,35 @@ def test_demo_table_parses_with_finite_numbers(report: Path) -> None:
     assert float(flops["SFM"]) > float(flops["baseline"]) > 0
     embed = table["aliasing ratio `patch_embed.proj` (stride 4x4)"]
     assert embed["SFM"] == embed["baseline"]
+    # the grid controls: one row per layer and control, numbers for SFM only (the baseline has
+    # no ARS); before the first ARS a control changes nothing
+    for control in CONTROL_LABELS.values():
+        controlled = [row for row in table if row.endswith(control)]
+        assert len(controlled) == len(LAYERS), control
+        for row in controlled:
+            assert table[row]["baseline"] == "-"
+            assert 0 < float(table[row]["SFM"]) < 1
+        assert table[f"aliasing ratio `patch_embed.proj`, {control}"]["SFM"] == embed["SFM"]
+
+
+def test_demo_states_differences_seed_noise_and_ars_diagnostics(report: Path) -> None:
+    text = report.read_text()
+    table = parse_table(text)
+    differences = parse_table(text.split("## Differences and seed noise")[1])
+    for row, key in (("mIoU (points)", "mIoU (%)"), ("boundary IoU (points)", "boundary IoU (%)")):
+        cells = differences[row]
+        expected = float(table[key]["SFM"]) - float(table[key]["baseline"])
+        assert float(cells["SFM − baseline"]) == pytest.approx(expected, abs=0.011)
+        assert cells["seed noise of a difference (sd, stated)"].startswith("± ")
+    assert "not measured in this run" in text
+    diagnostics = parse_table(text.split("## ARS diagnostics")[1])
+    assert list(diagnostics) == ["SFM"]  # one row per model and stage: the label repeats
+    results = json.loads((report.parent / "results.json").read_text())
+    sfm = next(r for r in results if r["name"] == "SFM")
+    assert list(sfm["ars_diagnostics"]) == ["res3", "res4", "res5"]
+    for values in sfm["ars_diagnostics"].values():
+        assert values["displacement_mean"] >= 0
+        assert values["magnification_detail"] > 0
 
 
 def test_demo_results_json_matches_the_table(report: Path) -> None:

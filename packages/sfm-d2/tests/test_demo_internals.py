@@ -10,6 +10,8 @@ import torch
 from sfm_core.analysis import aliasing_ratio
 from sfm_core.functional import identity_positions
 from sfm_d2.demo import (
+    aliasing_controls,
+    ars_diagnostics_over,
     ars_views,
     count_flops,
     downsampling_inputs,
@@ -63,6 +65,51 @@ def test_model_aliasing_is_the_ratio_of_what_enters_each_layer(
     assert all(layer.stride == (2, 2) for layer in layers[1:])
 
 
+def test_aliasing_controls_replace_every_ars_grid(
+    sfm_model: torch.nn.Module, images: list[torch.Tensor]
+) -> None:
+    batch = normalized_batch(sfm_model, images)
+    own = {layer.name: layer.mean for layer in model_aliasing(sfm_model.backbone, [batch])}
+    controls = aliasing_controls(sfm_model.backbone, [batch])
+    assert list(controls) == ["other", "shift", "identity"]
+    means = {c: {layer.name: layer.mean for layer in found} for c, found in controls.items()}
+    # before any ARS nothing changes; a fresh ARS is the identity; the shift resamples (a blur)
+    for control in controls:
+        assert means[control]["patch_embed.proj"] == own["patch_embed.proj"]
+    first = "layers.0.downsample"
+    assert means["identity"][first] == pytest.approx(own[first], abs=1e-6)
+    assert means["other"][first] == pytest.approx(own[first], abs=1e-6)
+    assert means["shift"][first] < own[first] - 1e-3
+
+
+def test_ars_diagnostics_of_a_fresh_and_a_warped_model(
+    sfm_model: torch.nn.Module, images: list[torch.Tensor]
+) -> None:
+    batch = normalized_batch(sfm_model, images)
+    labels = [torch.zeros(64, 64, dtype=torch.int64) for _ in images]
+    for label in labels:
+        label[:, 30:32] = 1  # a 2-px line: detail
+    fresh = ars_diagnostics_over(sfm_model.backbone, [batch], labels)
+    assert list(fresh) == ["res3", "res4", "res5"]
+    for values in fresh.values():
+        assert values["displacement_mean"] == pytest.approx(0.0, abs=1e-4)
+        assert values["magnification_detail"] == pytest.approx(1.0, abs=1e-3)
+        assert values["saliency_contrast"] == pytest.approx(1.0)
+    generator = sfm_model.backbone.ars["res3"].generator
+    last = [m for m in generator.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    saved = last.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            last.weight.normal_(0.0, 0.5)
+        warped = ars_diagnostics_over(sfm_model.backbone, [batch], labels)
+    finally:
+        with torch.no_grad():
+            last.weight.copy_(saved)
+    assert warped["res3"]["displacement_mean"] > 0.01
+    with pytest.raises(ValueError, match="one map per image"):
+        ars_diagnostics_over(sfm_model.backbone, [batch], labels[:1])
+
+
 def test_fresh_ars_samples_the_uniform_lattice(
     sfm_model: torch.nn.Module, images: list[torch.Tensor]
 ) -> None:
@@ -79,7 +126,10 @@ def test_fresh_ars_samples_the_uniform_lattice(
 
 def test_baseline_has_no_ars_views(images: list[torch.Tensor]) -> None:
     _, model = load_trained(BASELINE, require_weights=False)
-    assert ars_views(model.backbone, normalized_batch(model, images)) == []
+    batch = normalized_batch(model, images)
+    assert ars_views(model.backbone, batch) == []
+    assert aliasing_controls(model.backbone, [batch]) == {}
+    assert ars_diagnostics_over(model.backbone, [batch], []) == {}
 
 
 def test_flops_grow_with_the_image(sfm_model: torch.nn.Module, images: list[torch.Tensor]) -> None:

@@ -14,6 +14,7 @@ from sfm_d2.data.finedetail import (
     CLASSES,
     COARSE_BAND,
     FINE_BAND,
+    VARIANTS,
     default_root,
     ensure_finedetail,
     make_sample,
@@ -28,6 +29,12 @@ SMALL = {"size": 64, "num_train": 3, "num_val": 2}
 def samples() -> list[tuple[np.ndarray, np.ndarray]]:
     """24 training samples of seed 0, as the generator draws them into the cache."""
     return [make_sample(np.random.default_rng([0, 0, i]), SIZE) for i in range(24)]
+
+
+@pytest.fixture(scope="module")
+def quarter_samples() -> list[tuple[np.ndarray, np.ndarray]]:
+    """24 training samples of seed 0 of the quarter variant."""
+    return [make_sample(np.random.default_rng([0, 0, i]), SIZE, "quarter") for i in range(24)]
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -105,7 +112,13 @@ def test_thin_structures_are_one_to_three_pixels(samples: list) -> None:
     assert all(wire.size > 500 for wire in (wire, fence, pole, speck))
 
 
-def test_texture_frequencies_sit_on_the_claimed_side_of_the_stride2_nyquist(samples: list) -> None:
+def _peak_frequencies(
+    samples: list, fine: tuple[float, float], coarse: tuple[float, float], floor: float
+) -> dict[str, int]:
+    """Check each stripe region's spectral peak lies in its band, along its axis; count them.
+
+    ``floor``: frequencies below it are dropped (what is left of the background's clouds).
+    """
     frequencies = np.fft.fftfreq(SIZE)
     fy, fx = np.meshgrid(frequencies, frequencies, indexing="ij")
     resolution = 1.0 / SIZE
@@ -118,18 +131,78 @@ def test_texture_frequencies_sit_on_the_claimed_side_of_the_stride2_nyquist(samp
                 continue
             centred = np.where(region, grey - grey[region].mean(), 0.0)
             power = np.abs(np.fft.fft2(centred)) ** 2
-            power[np.hypot(fy, fx) < 0.05] = 0.0  # what is left of the background's clouds
+            power[np.hypot(fy, fx) < floor] = 0.0
             peak = np.unravel_index(power.argmax(), power.shape)
             along, across = (fy, fx) if name.endswith("-h") else (fx, fy)
-            low, high = FINE_BAND if "fine" in name else COARSE_BAND
+            low, high = fine if "fine" in name else coarse
             assert low - resolution <= abs(along[peak]) <= high + resolution, (name, along[peak])
             assert abs(across[peak]) <= resolution, (name, across[peak])
             measured[name] += 1
+    return measured
+
+
+def test_texture_frequencies_sit_on_the_claimed_side_of_the_stride2_nyquist(samples: list) -> None:
+    measured = _peak_frequencies(samples, FINE_BAND, COARSE_BAND, floor=0.05)
     assert FINE_BAND[0] > 0.25 > COARSE_BAND[1]  # the stride-2 Nyquist frequency
     assert np.allclose(
         0.5 - np.array(FINE_BAND[::-1]), COARSE_BAND, atol=0.01
     )  # fine aliases to coarse
     assert min(measured.values()) >= 3, measured
+
+
+def test_quarter_gratings_alias_at_the_quarter_to_eighth_transition(quarter_samples: list) -> None:
+    quarter = VARIANTS["quarter"]
+    measured = _peak_frequencies(
+        quarter_samples, quarter.fine_band, quarter.coarse_band, floor=0.015
+    )
+    assert min(measured.values()) >= 3, measured
+    # on the 1/4 map (4 image px per pixel) the fine band lies beyond the 0.25 cycles/px its
+    # stride-2 layer keeps, and aliases into the coarse band; the stem's 1/4 map holds it
+    fine_on_map = 4 * np.array(quarter.fine_band)
+    assert fine_on_map[0] > 0.25
+    assert fine_on_map[1] < 0.5
+    assert np.allclose(0.5 - fine_on_map[::-1], 4 * np.array(quarter.coarse_band), atol=0.01)
+
+
+def test_quarter_structures_are_twice_as_thick(quarter_samples: list) -> None:
+    def thickness(name: str) -> np.ndarray:
+        """Shortest run along rows and columns: digital lines are exactly w px along one axis."""
+        cls = CLASSES.index(name)
+        runs = []
+        for _, label in quarter_samples:
+            mask = label == cls
+            axes = np.stack([_runs(mask, 0, 1, cap=16), _runs(mask, 1, 0, cap=16)])
+            runs.append(axes.min(axis=0)[mask])
+        return np.concatenate(runs)
+
+    wire, fence, pole, speck = (thickness(n) for n in ("wire", "fence", "pole", "speck"))
+    assert (wire == 2).mean() > 0.9  # 0.5 px on the 1/4 map
+    assert (fence == 2).mean() > 0.7  # more where bars cross
+    assert np.isin(pole, (4, 6)).mean() > 0.8  # 1-1.5 px on the 1/4 map
+    assert speck.max() <= 13
+    assert np.median(speck) >= 5
+    assert all(part.size > 1000 for part in (wire, fence, pole, speck))
+
+
+def test_quarter_variant_has_its_own_names_folder_and_bytes(tmp_path: Path) -> None:
+    assert VARIANTS["quarter"].dataset_names == {
+        "train": "sfm_finedetail_quarter_train",
+        "val": "sfm_finedetail_quarter_val",
+    }
+    assert default_root(variant="quarter").name == "v1-quarter-seed0-128px-train384-val64"
+    root = ensure_finedetail(tmp_path / "q", seed=5, progress=False, variant="quarter", **SMALL)
+    image, label = make_sample(np.random.default_rng([5, 1, 1]), 64, "quarter")
+    assert np.array_equal(np.asarray(Image.open(root / "images/val/000001.png")), image)
+    assert np.array_equal(np.asarray(Image.open(root / "labels/val/000001.png")), label)
+    default, _ = make_sample(np.random.default_rng([5, 1, 1]), 64)
+    assert not np.array_equal(image, default)
+    with pytest.raises(ValueError, match="holds a fine-detail dataset made with"):
+        ensure_finedetail(tmp_path / "q", seed=5, progress=False, **SMALL)  # default variant
+    register_finedetail(tmp_path / "q", seed=5, variant="quarter", **SMALL)
+    assert len(DatasetCatalog.get("sfm_finedetail_quarter_val")) == 2
+    assert MetadataCatalog.get("sfm_finedetail_quarter_train").stuff_classes == list(CLASSES)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        make_sample(np.random.default_rng(0), 64, "half")
 
 
 def test_register_through_dataset_catalog(tmp_path: Path) -> None:
@@ -170,11 +243,11 @@ def test_a_killed_generation_leaves_nothing(
     calls = {"n": 0}
     real = finedetail.make_sample
 
-    def dies_on_the_fourth(rng: np.random.Generator, size: int) -> tuple:
+    def dies_on_the_fourth(rng: np.random.Generator, size: int, variant: str) -> tuple:
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt
-        return real(rng, size)
+        return real(rng, size, variant)
 
     monkeypatch.setattr(finedetail, "make_sample", dies_on_the_fourth)
     with pytest.raises(KeyboardInterrupt):

@@ -151,7 +151,10 @@ def test_gradients_reach_every_ars_parameter(cfg: CfgNode) -> None:
     for name, p in sfm.named_parameters():
         if name.startswith("ars."):
             assert p.grad is not None, name
-            assert bool(p.grad.abs().sum() > 0), name
+            # The saliency exp(A - max A) ignores a constant added to the logits: the last
+            # conv's bias gets a zero gradient up to rounding (only the s_min clamp sees it).
+            if not name.endswith("project.bias"):
+                assert bool(p.grad.abs().sum() > 0), name
 
 
 def test_fresh_ars_gets_gradient_at_its_zero_initialised_output(cfg: CfgNode) -> None:

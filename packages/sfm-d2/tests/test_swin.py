@@ -15,6 +15,7 @@ from timm.models import swin_transformer as timm_swin
 from torch import nn
 
 from sfm_core.functional import identity_positions
+from sfm_core.nn import LowPass
 from sfm_d2.modeling.backbone import SFMSwinTransformer, ars_logits_key, positions_key
 from sfm_d2.modeling.backbone.levels import LEVELS
 from sfm_d2.modeling.backbone.swin_layers import SwinBlock, shifted_window_mask
@@ -233,3 +234,36 @@ def test_group_norm_fits_narrow_ars_branches(cfg: CfgNode) -> None:
     backbone.train()
     out = backbone(torch.randn(1, 3, 64, 64))  # batch 1 trains with GroupNorm
     assert torch.isfinite(out["res5"]).all()
+
+
+def test_lowpass_stages_blur_what_enters_each_patch_merging(cfg: CfgNode) -> None:
+    torch.manual_seed(0)
+    plain = build_backbone(tiny(cfg, ars=[])).eval()
+    tiny(cfg, ars=[]).MODEL.SFM.LOWPASS_STAGES = ["res3", "res5"]
+    blurred = build_backbone(cfg).eval()
+    assert set(blurred.lowpass) == {"res3", "res5"}
+    blurred.load_state_dict(plain.state_dict())  # strict: no new parameters or buffers
+    entering: dict[str, list[torch.Tensor]] = {"plain": [], "blurred": []}
+    for name, model in (("plain", plain), ("blurred", blurred)):
+        for stage in model.layers[:3]:
+            stage.downsample.register_forward_pre_hook(
+                lambda _m, args, name=name: entering[name].append(args[0])
+            )
+    x = image(2, 64, 96)
+    with torch.no_grad():
+        out_plain, out_blurred = plain(x), blurred(x)
+    torch.testing.assert_close(out_blurred["res2"], out_plain["res2"])  # taps before any blur
+    # the first merging gets the plain map blurred; res4's merging has no blur of its own
+    expected = LowPass()(entering["plain"][0].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    torch.testing.assert_close(entering["blurred"][0], expected)
+    assert not torch.allclose(out_blurred["res3"], out_plain["res3"])
+
+
+def test_lowpass_is_swin_only(cfg: CfgNode) -> None:
+    cfg.MODEL.SFM.LOWPASS_STAGES = ["res3"]
+    cfg.MODEL.BACKBONE.NAME = "build_sfm_resnet_backbone"
+    with pytest.raises(ValueError, match=r"MODEL\.SFM\.LOWPASS_STAGES"):
+        build_backbone(cfg)
+    tiny(cfg).MODEL.SFM.LOWPASS_STAGES = ["res2"]
+    with pytest.raises(ValueError, match=r"MODEL\.SFM\.LOWPASS_STAGES"):
+        build_backbone(cfg)

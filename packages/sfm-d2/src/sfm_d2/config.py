@@ -30,6 +30,9 @@ NORMS = ("BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN")
 
 _SFM: dict[str, Any] = {
     "ARS_STAGES": ["res3", "res4", "res5"],
+    # Not SFM: a fixed binomial low-pass before these stages' downsampling (BlurPool-style), the
+    # alternative SFM is compared with (sfm_core.nn.LowPass). Swin backbone only.
+    "LOWPASS_STAGES": [],
     "GENERATOR": "avg-lhpf-psp",
     "WINDOW": 5,
     "FWHM": 3.0,
@@ -208,6 +211,21 @@ def validate_sfm_config(cfg: CfgNode) -> None:
         "ARS_STAGES",
         f"a list of distinct stage names from {list(ARS_STAGE_NAMES)} ([] turns ARS off)",
         stages,
+    )
+    lowpass = sfm.LOWPASS_STAGES
+    _require(
+        isinstance(lowpass, (list, tuple))
+        and all(s in ARS_STAGE_NAMES for s in lowpass)
+        and len(set(lowpass)) == len(lowpass),
+        "LOWPASS_STAGES",
+        f"a list of distinct stage names from {list(ARS_STAGE_NAMES)} ([] turns it off)",
+        lowpass,
+    )
+    _require(
+        not lowpass or cfg.MODEL.BACKBONE.NAME == "build_sfm_swin_backbone",
+        "LOWPASS_STAGES",
+        "empty for backbones other than build_sfm_swin_backbone (only Swin implements it)",
+        lowpass,
     )
     _require(sfm.GENERATOR in GENERATORS, "GENERATOR", f"one of {list(GENERATORS)}", sfm.GENERATOR)
     _require(_is_int(sfm.WINDOW) and sfm.WINDOW > 0, "WINDOW", "a positive int", sfm.WINDOW)

@@ -22,6 +22,7 @@ from sfm_core.analysis.aliasing import (
     check_choice,
     check_stride,
 )
+from sfm_core.analysis.controls import check_control, grid_control
 from sfm_core.insertion import LAYOUTS, is_downsampling
 
 Predicate = Callable[[str, nn.Module], bool]
@@ -46,6 +47,7 @@ class AliasingReport:
     spectrum: str
     band: str
     reduction: str
+    control: str = "own"
 
     @property
     def overall(self) -> float:
@@ -69,7 +71,8 @@ class AliasingReport:
         rows.append(("overall", "", "", f"{self.overall:.4f}", ""))
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
         lines = [
-            f"aliasing ratio ({self.spectrum}, {self.band} band, reduction={self.reduction})",
+            f"aliasing ratio ({self.spectrum}, {self.band} band, reduction={self.reduction}, "
+            f"ARS grids: {self.control})",
             "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
             "  ".join("-" * w for w in widths),
         ]
@@ -150,6 +153,8 @@ def aliasing_report(
     spectrum: str = "power",
     band: str = "square",
     reduction: str = "sum",
+    control: str = "own",
+    shift: float = 0.5,
 ) -> AliasingReport:
     """Mean aliasing ratio at the input of each downsampling layer of ``model`` over ``batches``.
 
@@ -168,6 +173,11 @@ def aliasing_report(
             pooling's ``kernel_size``, PixelUnshuffle's factor).
         layout: ``"nchw"`` or ``"nhwc"`` (channels-last inputs, e.g. some Swin layers).
         spectrum, band, reduction: options of :func:`aliasing_ratio`.
+        control: which grid every ARS module of the model resamples at (see
+            :mod:`sfm_core.analysis.controls`): ``"own"`` (the model as it is), ``"other"``
+            (another image's grid), ``"shift"`` (a uniform ``shift``-pixel shift) or
+            ``"identity"`` (no resampling).
+        shift: pixels of the ``"shift"`` control.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -176,6 +186,7 @@ def aliasing_report(
     check_choice("spectrum", spectrum, SPECTRA)
     check_choice("band", band, BANDS)
     check_choice("reduction", reduction, REDUCTIONS)
+    check_control(control)
     chosen = _chosen_layers(model, predicate, names)
     fixed = None if stride is None else check_stride(stride)
     strides = {name: fixed or layer_stride(name, module) for name, module in chosen.items()}
@@ -202,7 +213,7 @@ def aliasing_report(
     handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in chosen.items()]
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), grid_control(model, control, shift):
             for batch in batches:
                 _run(model, batch)
     finally:
@@ -220,4 +231,4 @@ def aliasing_report(
         )
         for name, module in chosen.items()
     )
-    return AliasingReport(layers, spectrum, band, reduction)
+    return AliasingReport(layers, spectrum, band, reduction, control)

@@ -25,6 +25,7 @@ from sfm_core.insertion.dry_run import dry_run, submodule
 from sfm_core.insertion.sites import LAYOUTS, Predicate, auto_sites
 from sfm_core.insertion.trace import Recorder, Trace
 from sfm_core.nn.ars import AdaptiveResampling, Resampled
+from sfm_core.nn.random_stream import own_random_stream
 
 ARS_PREFIX = "sfm_ars"
 
@@ -113,12 +114,11 @@ class SFMModel(nn.Module):
         self.site_names = tuple(channels)
         self._sfm_recorder = Recorder(layout, list(level_sites))
         parameter = next(model.parameters(), None)
-        self.sfm_ars = nn.ModuleDict(
-            {
-                key: AdaptiveResampling(count, **ars_kwargs)
-                for key, count in zip(keys, channels.values(), strict=True)
-            }
-        )
+        # Each ARS on a random stream of its own: draws after wrapping are those without ARS.
+        self.sfm_ars = nn.ModuleDict()
+        for key, count in zip(keys, channels.values(), strict=True):
+            with own_random_stream(f"{ARS_PREFIX}.{key}"):
+                self.sfm_ars[key] = AdaptiveResampling(count, **ars_kwargs)
         if parameter is not None:
             self.sfm_ars.to(device=parameter.device, dtype=parameter.dtype)
         # Follow the model's mode without touching its submodules (some may be frozen in eval).

@@ -25,10 +25,16 @@ from sfm_core._checks import (
     check_tensor,
     compute_dtype,
 )
+from sfm_core.functional.positions import check_positions
 
 
 def edge_guidance_loss(
-    logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = 255, sigma: float = 2.0
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = 255,
+    sigma: float = 2.0,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSE between the normalised saliency of ``logits`` and a blurred boundary map of ``labels``.
 
@@ -37,6 +43,13 @@ def edge_guidance_loss(
         labels: ground-truth class ids ``[B, Hl, Wl]``, any integer dtype, at any resolution.
         ignore_index: label of pixels that take no part (neither boundary nor loss).
         sigma: Gaussian blur of the boundary map, in pixels of the logits' resolution.
+        positions: image positions ``[B, 2, H, W]`` of the logits' pixels (the composite
+            positions of the ARS input; see :mod:`sfm_core.functional.positions`). Given, the
+            target is built at the labels' own resolution (*full-resolution target*): boundaries
+            found there, so 1–3 px structures that a nearest resize to ``H × W`` drops still
+            count; blurred with ``sigma`` scaled to label pixels (``sigma·Hl/H``, ``sigma·Wl/W``);
+            read bilinearly at ``positions``; a pixel takes part when the label nearest its
+            position is not ignored. None: SPEC section 1's target at ``H × W``.
 
     Returns:
         A scalar in float32 (float64 for float64 logits); 0 (attached to ``logits``) for batch 0.
@@ -62,13 +75,32 @@ def edge_guidance_loss(
 
     dtype = compute_dtype(logits.dtype)
     height, width = logits.shape[-2:]
-    resized = _nearest(labels, (height, width))
-    # A label dtype narrower than ignore_index cannot hold it: no pixel is ignored then.
-    if _holds(resized.dtype, ignore_index):
-        valid = resized != ignore_index
+    if positions is None:
+        resized = _nearest(labels, (height, width))
+        valid = _valid(resized, ignore_index)
+        target = _blur(label_boundaries(resized, valid).to(dtype), sigma, sigma)
     else:
-        valid = torch.ones_like(resized, dtype=torch.bool)
-    target = _blur(_boundaries(resized, valid).to(dtype), sigma)
+        check_positions(positions)
+        check_same_device(logits=logits, positions=positions)
+        if positions.shape[0] != logits.shape[0] or positions.shape[-2:] != logits.shape[-2:]:
+            raise ValueError(
+                f"positions must be [B, 2, H, W] like logits {tuple(logits.shape)}, "
+                f"got {tuple(positions.shape)}"
+            )
+        full_valid = _valid(labels, ignore_index)
+        scale_y, scale_x = labels.shape[1] / height, labels.shape[2] / width
+        full = _blur(
+            label_boundaries(labels, full_valid).to(dtype), sigma * scale_y, sigma * scale_x
+        )
+        grid = (2 * positions.detach().to(dtype) - 1).permute(0, 2, 3, 1)
+        target = F.grid_sample(
+            full[:, None], grid, mode="bilinear", padding_mode="border", align_corners=False
+        )[:, 0]
+        nearest = F.grid_sample(
+            full_valid[:, None].to(dtype), grid, mode="nearest", padding_mode="border",
+            align_corners=False,
+        )  # fmt: skip
+        valid = nearest[:, 0] > 0.5
     target = target / target.amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(dtype).tiny)
 
     a = logits[:, 0].to(dtype)
@@ -85,14 +117,24 @@ def _nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return labels[:, rows.clamp_max(labels.shape[1] - 1)][:, :, cols.clamp_max(labels.shape[2] - 1)]
 
 
+def _valid(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Pixels that take part; a dtype narrower than ``ignore_index`` cannot hold it: all do."""
+    if _holds(labels.dtype, ignore_index):
+        return labels != ignore_index
+    return torch.ones_like(labels, dtype=torch.bool)
+
+
 def _holds(dtype: torch.dtype, value: int) -> bool:
     """Whether integer ``dtype`` can represent ``value``."""
     info = torch.iinfo(dtype)
     return info.min <= value <= info.max
 
 
-def _boundaries(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Valid pixels with a valid 4-neighbour of another label ``[B, H, W]`` (bool)."""
+def label_boundaries(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Valid pixels with a valid 4-neighbour of another label ``[B, H, W]`` (bool).
+
+    ``labels`` ``[B, H, W]`` (integer), ``valid`` the bool mask of pixels that take part.
+    """
     edge = torch.zeros_like(valid)
     across_x = valid[:, :, 1:] & valid[:, :, :-1] & (labels[:, :, 1:] != labels[:, :, :-1])
     across_y = valid[:, 1:] & valid[:, :-1] & (labels[:, 1:] != labels[:, :-1])
@@ -103,17 +145,21 @@ def _boundaries(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return edge
 
 
-def _blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[B, H, W]`` maps, truncated at 3σ, zero padding.
+def _blur(maps: torch.Tensor, sigma_y: float, sigma_x: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``[B, H, W]`` maps (σ per axis), truncated at 3σ, zero padding."""
+    x = maps.unsqueeze(1)
+    x = F.conv2d(x, _taps(sigma_x, maps.shape[-1], maps).view(1, 1, 1, -1), padding="same")
+    x = F.conv2d(x, _taps(sigma_y, maps.shape[-2], maps).view(1, 1, -1, 1), padding="same")
+    return x.squeeze(1)
+
+
+def _taps(sigma: float, length: int, like: torch.Tensor) -> torch.Tensor:
+    """Normalised Gaussian taps, radius ``ceil(3σ)`` capped at ``length``.
 
     Taps beyond the map's extent only meet the zero padding, so the radius is capped there
     (bounded memory for any σ). The taps are built in float64, where no positive σ underflows.
     """
-    radius = max(1, min(math.ceil(3.0 * sigma), max(maps.shape[-2:])))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=maps.device)
+    radius = max(1, min(math.ceil(3.0 * sigma), length))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=like.device)
     taps = torch.exp(-0.5 * (offsets / sigma).square())
-    taps = (taps / taps.sum()).to(maps.dtype)
-    x = maps.unsqueeze(1)
-    x = F.conv2d(x, taps.view(1, 1, 1, -1), padding=(0, radius))
-    x = F.conv2d(x, taps.view(1, 1, -1, 1), padding=(radius, 0))
-    return x.squeeze(1)
+    return (taps / taps.sum()).to(like.dtype)

@@ -3,8 +3,9 @@
 Every training process (each ``--num-gpus`` worker) has its own detectron2 catalog, so train_net
 calls :func:`register_datasets` in each worker from the config alone. It knows:
 
-* names sfm_d2 provides: the built-in fine-detail dataset, a quick (tiny) copy of it for smoke
-  tests and ``quick_schedules/``, and ADE20K and Cityscapes from ``$DETECTRON2_DATASETS``
+* names sfm_d2 provides: the built-in fine-detail dataset, its ``quarter`` variant (detail at
+  the 1/4 map, where the first ARS acts), quick (tiny) copies of both for smoke tests,
+  ``quick_schedules/`` and the study's smoke run, and ADE20K and Cityscapes from ``$DETECTRON2_DATASETS``
   (sfm_d2's validating loaders replace detectron2's builtins of the same names);
 * your own folders of images and label maps, described under ``DATASETS.SFM_FOLDERS``::
 
@@ -28,6 +29,7 @@ calls :func:`register_datasets` in each worker from the config alone. It knows:
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 from detectron2.config import CfgNode
@@ -38,34 +40,58 @@ from sfm_d2.data.registration import register_ade20k, register_cityscapes, regis
 
 ADE20K_NAMES = ("ade20k_sem_seg_train", "ade20k_sem_seg_val")
 CITYSCAPES_NAMES = ("cityscapes_fine_sem_seg_train", "cityscapes_fine_sem_seg_val")
-# The quick copy: 64 px images, 16 train / 8 val, in its own cache folder (seconds to generate).
-QUICK_FINEDETAIL_NAMES = {
-    "train": "sfm_finedetail_quick_train",
-    "val": "sfm_finedetail_quick_val",
-}
-QUICK_SIZE, QUICK_NUM_TRAIN, QUICK_NUM_VAL = 64, 16, 8
+QUARTER_NAMES = finedetail.VARIANTS["quarter"].dataset_names
 FOLDERS_KEY = "DATASETS.SFM_FOLDERS"
 
 
-def _load_quick_finedetail(split: str) -> list[dict[str, Any]]:
-    folder = finedetail.ensure_finedetail(
-        size=QUICK_SIZE, num_train=QUICK_NUM_TRAIN, num_val=QUICK_NUM_VAL, progress=False
-    )
-    return finedetail.load_finedetail(folder, split)
+@dataclass(frozen=True)
+class QuickCopy:
+    """A small copy of a fine-detail variant, in its own cache folder (seconds to generate)."""
 
+    names: dict[str, str]
+    size: int
+    num_train: int
+    num_val: int
+    variant: str = finedetail.DEFAULT_VARIANT
 
-def register_quick_finedetail() -> None:
-    """Register ``sfm_finedetail_quick_{train,val}`` (idempotent); generated on first use."""
-    for split, name in QUICK_FINEDETAIL_NAMES.items():
-        if name in DatasetCatalog.list():
-            continue
-        DatasetCatalog.register(name, functools.partial(_load_quick_finedetail, split))
-        MetadataCatalog.get(name).set(
-            stuff_classes=list(finedetail.CLASSES),
-            stuff_colors=[list(color) for color in finedetail.COLORS],
-            ignore_label=finedetail.IGNORE_LABEL,
-            evaluator_type="sem_seg",
+    def load(self, split: str) -> list[dict[str, Any]]:
+        folder = finedetail.ensure_finedetail(
+            size=self.size,
+            num_train=self.num_train,
+            num_val=self.num_val,
+            progress=False,
+            variant=self.variant,
         )
+        return finedetail.load_finedetail(folder, split)
+
+    def register(self) -> None:
+        """Register both splits (idempotent); the files are generated on first use."""
+        for split, name in self.names.items():
+            if name in DatasetCatalog.list():
+                continue
+            DatasetCatalog.register(name, functools.partial(self.load, split))
+            MetadataCatalog.get(name).set(
+                stuff_classes=list(finedetail.CLASSES),
+                stuff_colors=[list(color) for color in finedetail.COLORS],
+                ignore_label=finedetail.IGNORE_LABEL,
+                evaluator_type="sem_seg",
+            )
+
+
+# For smoke tests and ``quick_schedules/``: 64 px, 16 train / 8 val.
+QUICK_FINEDETAIL = QuickCopy(
+    {"train": "sfm_finedetail_quick_train", "val": "sfm_finedetail_quick_val"}, 64, 16, 8
+)
+# For the study's smoke run: the quarter variant's detail is sized for 128 px; 32 train / 8 val.
+QUICK_QUARTER = QuickCopy(
+    {"train": "sfm_finedetail_quarter_quick_train", "val": "sfm_finedetail_quarter_quick_val"},
+    128,
+    32,
+    8,
+    variant="quarter",
+)
+QUICK_FINEDETAIL_NAMES = QUICK_FINEDETAIL.names
+QUICK_QUARTER_NAMES = QUICK_QUARTER.names
 
 
 def folder_classes(cfg: CfgNode) -> list[str]:
@@ -132,8 +158,11 @@ def register_datasets(cfg: CfgNode) -> None:
     names = (set(cfg.DATASETS.TRAIN) | set(cfg.DATASETS.TEST)) - own
     if names & set(finedetail.DATASET_NAMES.values()):
         finedetail.register_finedetail()
-    if names & set(QUICK_FINEDETAIL_NAMES.values()):
-        register_quick_finedetail()
+    if names & set(QUARTER_NAMES.values()):
+        finedetail.register_finedetail(variant="quarter")
+    for copy in (QUICK_FINEDETAIL, QUICK_QUARTER):
+        if names & set(copy.names.values()):
+            copy.register()
     if names & set(ADE20K_NAMES):
         register_ade20k()
     if names & set(CITYSCAPES_NAMES):

@@ -22,6 +22,16 @@ stride-2 subsampling to 0.5 - f, which is inside the coarse range: after one nai
 fine region looks like a coarse one of the same orientation.
 A few pixels per image (1-2 squares of 2-4 px of random colour noise) carry the ignore label 255.
 
+Variant ``quarter`` (dataset names ``sfm_finedetail_quarter_{train,val}``): the same classes,
+with the detail moved to where the first ARS acts. A Swin or ResNet stem leaves a 1/4 map, and
+ARS resamples it before the 1/4 -> 1/8 transition; the default detail is sub-pixel there. In the
+quarter variant every thickness, spacing and radius is doubled (wires 2 px, poles 4-6 px, fence
+bars 2 px and 8-14 px apart, specks of radius 2-6: 0.5-1.5 px on the 1/4 map), the gratings run at
+a quarter of the default frequencies (fine 0.085-0.105 cycles/px, i.e. 0.34-0.42 on the 1/4 map,
+beyond the 0.25 that its stride-2 layer keeps; coarse 0.02-0.04, what the fine ones alias to),
+the textured regions are larger (semi-axes 20-40 px) and the background clouds coarser, so that
+they stay below the gratings. Same 128-px images, so it generates and trains as fast.
+
 Layout on disk: ``images/{train,val}/NNNNNN.png`` (RGB), ``labels/{train,val}/NNNNNN.png``
 (uint8 class ids) and ``meta.json`` (the generation parameters). Image i of a split is drawn
 from its own generator seeded by (seed, split, i), so the val split does not depend on the
@@ -39,6 +49,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,16 +94,59 @@ DATASET_NAMES = {"train": "sfm_finedetail_train", "val": "sfm_finedetail_val"}
 _Array = np.ndarray[Any, Any]
 
 
+@dataclass(frozen=True)
+class Variant:
+    """Where the dataset's detail sits: scales of the structures, texture bands, clouds."""
+
+    name: str
+    detail_scale: int  # multiplies every thickness, spacing and radius of the thin classes
+    fine_band: tuple[float, float]  # cycles/px of the fine gratings
+    coarse_band: tuple[float, float]  # cycles/px of the coarse gratings
+    region_radii: tuple[int, int]  # semi-axes (px) of the textured regions and fence patches
+    cloud_cells: tuple[int, ...]  # cells across the image of each background noise octave
+
+    @property
+    def dataset_names(self) -> dict[str, str]:
+        if self.name == DEFAULT_VARIANT:
+            return DATASET_NAMES
+        return {split: f"sfm_finedetail_{self.name}_{split}" for split in SPLITS}
+
+
+DEFAULT_VARIANT = "default"
+VARIANTS = {
+    DEFAULT_VARIANT: Variant(DEFAULT_VARIANT, 1, FINE_BAND, COARSE_BAND, (14, 30), (3, 6, 12, 24)),
+    # detail at the 1/4 map, where the first ARS acts (module docstring)
+    "quarter": Variant(
+        "quarter",
+        2,
+        (FINE_BAND[0] / 4, FINE_BAND[1] / 4),
+        (COARSE_BAND[0] / 4, COARSE_BAND[1] / 4),
+        (20, 40),
+        (2, 4),
+    ),
+}
+
+
+def get_variant(variant: object) -> Variant:
+    """The :class:`Variant` named ``variant``; a ValueError naming the argument otherwise."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    return VARIANTS[str(variant)]
+
+
 def _grid(size: int) -> tuple[_Array, _Array]:
     """Pixel-centre coordinates (y, x) of a size x size image, float64."""
     yy, xx = np.mgrid[:size, :size]
     return yy.astype(np.float64), xx.astype(np.float64)
 
 
-def _clouds(rng: np.random.Generator, size: int) -> _Array:
-    """Multi-octave value noise in roughly [-1, 1]: the background's texture (mostly low frequency)."""
+def _clouds(rng: np.random.Generator, size: int, octaves: tuple[int, ...]) -> _Array:
+    """Multi-octave value noise in roughly [-1, 1]: the background's texture (mostly low frequency).
+
+    ``octaves``: cells across the image of each octave, with weights 1, 1/2, 1/4, 0.12.
+    """
     total = np.zeros((size, size), np.float64)
-    for cells, weight in ((3, 1.0), (6, 0.5), (12, 0.25), (24, 0.12)):
+    for cells, weight in zip(octaves, (1.0, 0.5, 0.25, 0.12), strict=False):
         coarse = rng.standard_normal((cells, cells)).astype(np.float32)
         layer = Image.fromarray(coarse, mode="F").resize((size, size), Image.Resampling.BICUBIC)
         total += weight * np.asarray(layer, np.float64)
@@ -111,9 +165,11 @@ def _ellipse(
     return (u / a) ** 2 + (v / b) ** 2 <= 1.0
 
 
-def _grating(rng: np.random.Generator, yy: _Array, xx: _Array, label: int) -> _Array:
+def _grating(
+    rng: np.random.Generator, yy: _Array, xx: _Array, label: int, variant: Variant
+) -> _Array:
     """The texture of a stripe class: a sinusoid whose frequency band and axis the class fixes."""
-    band = FINE_BAND if label in (5, 6) else COARSE_BAND
+    band = variant.fine_band if label in (5, 6) else variant.coarse_band
     frequency = rng.uniform(*band)
     coordinate = yy if label in (5, 7) else xx  # "h" classes: horizontal stripes, wave along y
     amplitude = rng.uniform(30.0, 50.0)
@@ -134,20 +190,20 @@ def _digital_band(
     return distance, (distance >= -width / 2) & (distance < width / 2)
 
 
-def _pole(rng: np.random.Generator, size: int, yy: _Array, xx: _Array) -> _Array:
-    """A straight segment 2-3 px thick and 20-80 px long."""
+def _pole(rng: np.random.Generator, size: int, yy: _Array, xx: _Array, scale: int) -> _Array:
+    """A straight segment 2-3 px thick (times ``scale``) and 20-80 px long."""
     angle = rng.uniform(0.0, np.pi)
     tangent = np.array([np.cos(angle), np.sin(angle)])
     normal = np.array([-tangent[1], tangent[0]])
     cx, cy = rng.uniform(0.1 * size, 0.9 * size, 2)
-    width = int(rng.integers(2, 4))
+    width = int(rng.integers(2, 4)) * scale
     _, on_line = _digital_band(yy, xx, normal, normal[0] * cx + normal[1] * cy, width)
     along = tangent[0] * (xx - cx) + tangent[1] * (yy - cy)
     return on_line & (np.abs(along) <= rng.uniform(10.0, 40.0))
 
 
-def _wire(rng: np.random.Generator, size: int) -> tuple[_Array, _Array]:
-    """(rows, cols) of a sagging wire, exactly one pixel per column (per row when steep)."""
+def _wire(rng: np.random.Generator, size: int, scale: int) -> tuple[_Array, _Array]:
+    """(rows, cols) of a sagging wire, exactly ``scale`` pixels per column (per row when steep)."""
     start, stop = sorted(rng.uniform(0.0, size - 1.0, 2))
     start, stop = start * 0.5, stop * 0.5 + 0.5 * (size - 1)  # span at least half the image
     length = stop - start
@@ -156,35 +212,41 @@ def _wire(rng: np.random.Generator, size: int) -> tuple[_Array, _Array]:
     rise = rng.uniform(-0.4, 0.4) * length  # end-to-end slope at most 0.4
     sag = rng.uniform(-0.15, 0.15) * length  # adds at most 0.6 to the slope: |slope| <= 1
     other = rng.uniform(0.2 * size, 0.8 * size) + rise * (t - 0.5) + sag * 4.0 * t * (1.0 - t)
-    other_px = np.floor(other + 0.5).astype(np.int64)
-    main_px = main.astype(np.int64)
+    offsets = np.arange(scale) - (scale - 1) // 2  # [0] at scale 1
+    other_px = (np.floor(other + 0.5).astype(np.int64)[:, None] + offsets).ravel()
+    main_px = np.repeat(main.astype(np.int64), scale)
     keep = (other_px >= 0) & (other_px < size)
     if rng.random() < 0.5:  # shallow: one pixel per column
         return other_px[keep], main_px[keep]
     return main_px[keep], other_px[keep]  # steep: one pixel per row
 
 
-def _fence(rng: np.random.Generator, size: int, yy: _Array, xx: _Array) -> _Array:
-    """Two families of 1-px bars, 4-7 px apart, crossing at right angles inside an ellipse."""
-    region = _ellipse(rng, size, yy, xx, (14, 30))
+def _fence(rng: np.random.Generator, size: int, yy: _Array, xx: _Array, variant: Variant) -> _Array:
+    """Two families of 1-px bars, 4-7 px apart (both times the variant's scale), crossing at right
+    angles inside an ellipse."""
+    scale = variant.detail_scale
+    region = _ellipse(rng, size, yy, xx, variant.region_radii)
     angle = rng.uniform(0.0, np.pi / 2)
     bars = np.zeros_like(region)
     for theta in (angle, angle + np.pi / 2):
         normal = np.array([np.cos(theta), np.sin(theta)])
-        spacing = rng.uniform(4.0, 7.0) / max(abs(normal[0]), abs(normal[1]))
+        spacing = scale * rng.uniform(4.0, 7.0) / max(abs(normal[0]), abs(normal[1]))
         distance, _ = _digital_band(yy, xx, normal, rng.uniform(0.0, 10.0), 1)
-        bars |= np.mod(distance, spacing) < 1.0
+        bars |= np.mod(distance, spacing) < scale
     return region & bars
 
 
-def _speck_centres(rng: np.random.Generator, size: int, count: int) -> list[tuple[float, float]]:
-    """Centres at least 8 px apart (rejection sampling), so specks never merge."""
+def _speck_centres(
+    rng: np.random.Generator, size: int, count: int, scale: int
+) -> list[tuple[float, float]]:
+    """Centres at least 8 px (times ``scale``) apart (rejection sampling), so specks never merge."""
     centres: list[tuple[float, float]] = []
+    margin = 4.0 * scale
     for _ in range(20 * count):
         if len(centres) == count:
             break
-        y, x = rng.uniform(4.0, size - 4.0, 2)
-        if all((y - cy) ** 2 + (x - cx) ** 2 >= 64.0 for cy, cx in centres):
+        y, x = rng.uniform(margin, size - margin, 2)
+        if all((y - cy) ** 2 + (x - cx) ** 2 >= (2 * margin) ** 2 for cy, cx in centres):
             centres.append((y, x))
     return centres
 
@@ -195,20 +257,24 @@ def _contrasting(rng: np.random.Generator) -> _Array:
     return level + rng.uniform(-10.0, 10.0, 3)
 
 
-def make_sample(rng: np.random.Generator, size: int = 128) -> tuple[_Array, _Array]:
+def make_sample(
+    rng: np.random.Generator, size: int = 128, variant: str = DEFAULT_VARIANT
+) -> tuple[_Array, _Array]:
     """One image (uint8 [size, size, 3]) and its labels (uint8 [size, size], ignore 255)."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 32:
         raise ValueError(f"size must be an int >= 32 (pixels), got {size!r}")
+    kind = get_variant(variant)
+    scale = kind.detail_scale
     yy, xx = _grid(size)
     base = rng.uniform(80.0, 170.0) + rng.uniform(-15.0, 15.0, 3)
-    image = base + 35.0 * _clouds(rng, size)[..., None]
+    image = base + 35.0 * _clouds(rng, size, kind.cloud_cells)[..., None]
     label = np.zeros((size, size), np.uint8)
 
     texture = np.zeros((size, size), np.float64)
     for _ in range(2):
         cls = int(rng.integers(5, 9))
-        region = _ellipse(rng, size, yy, xx, (14, 30))
-        texture[region] = _grating(rng, yy, xx, cls)[region]
+        region = _ellipse(rng, size, yy, xx, kind.region_radii)
+        texture[region] = _grating(rng, yy, xx, cls, kind)[region]
         label[region] = cls
     image = image + texture[..., None]
 
@@ -217,13 +283,13 @@ def make_sample(rng: np.random.Generator, size: int = 128) -> tuple[_Array, _Arr
         label[mask] = cls
 
     if rng.random() < 0.7:
-        paint(_fence(rng, size, yy, xx), 3, _contrasting(rng))
+        paint(_fence(rng, size, yy, xx, kind), 3, _contrasting(rng))
     for _ in range(int(rng.integers(1, 3))):
-        paint(_pole(rng, size, yy, xx), 2, _contrasting(rng))
+        paint(_pole(rng, size, yy, xx, scale), 2, _contrasting(rng))
     for _ in range(int(rng.integers(1, 4))):
-        paint(_wire(rng, size), 1, _contrasting(rng))
-    for cy, cx in _speck_centres(rng, size, int(rng.integers(4, 11))):
-        radius = rng.uniform(1.0, 3.0)
+        paint(_wire(rng, size, scale), 1, _contrasting(rng))
+    for cy, cx in _speck_centres(rng, size, int(rng.integers(4, 11)), scale):
+        radius = scale * rng.uniform(1.0, 3.0)
         disc = (yy - np.round(cy)) ** 2 + (xx - np.round(cx)) ** 2 <= radius**2
         saturated = np.array(
             [rng.uniform(200.0, 255.0), rng.uniform(0.0, 50.0), rng.uniform(0, 255)]
@@ -250,15 +316,22 @@ def _check_counts(seed: object, size: object, num_train: object, num_val: object
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def default_root(seed: int = 0, size: int = 128, num_train: int = 384, num_val: int = 64) -> Path:
-    """``$SFM_DATA_CACHE`` (else ``~/.cache/sfm``) ``/finedetail/<version>-seed<seed>-<size>px-...``."""
+def default_root(
+    seed: int = 0,
+    size: int = 128,
+    num_train: int = 384,
+    num_val: int = 64,
+    variant: str = DEFAULT_VARIANT,
+) -> Path:
+    """``$SFM_DATA_CACHE`` (else ``~/.cache/sfm``) ``/finedetail/<version>[-<variant>]-seed<seed>-...``."""
     base = os.environ.get("SFM_DATA_CACHE") or str(Path.home() / ".cache" / "sfm")
-    name = f"{VERSION}-seed{seed}-{size}px-train{num_train}-val{num_val}"
+    tag = "" if get_variant(variant).name == DEFAULT_VARIANT else f"-{variant}"
+    name = f"{VERSION}{tag}-seed{seed}-{size}px-train{num_train}-val{num_val}"
     return Path(base).expanduser() / "finedetail" / name
 
 
-def _meta(seed: int, size: int, num_train: int, num_val: int) -> dict[str, Any]:
-    return {
+def _meta(seed: int, size: int, num_train: int, num_val: int, variant: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {
         "version": VERSION,
         "seed": seed,
         "size": size,
@@ -266,6 +339,9 @@ def _meta(seed: int, size: int, num_train: int, num_val: int) -> dict[str, Any]:
         "num_val": num_val,
         "classes": list(CLASSES),
     }
+    if variant != DEFAULT_VARIANT:  # default folders keep the meta.json they always had
+        meta["variant"] = variant
+    return meta
 
 
 @contextmanager
@@ -289,7 +365,7 @@ def _write(folder: Path, meta: dict[str, Any], title: str, progress: bool) -> No
             (folder / "labels" / split).mkdir(parents=True)
             for index in range(meta[f"num_{split}"]):
                 rng = np.random.default_rng([meta["seed"], split_id, index])
-                image, label = make_sample(rng, meta["size"])
+                image, label = make_sample(rng, meta["size"], meta.get("variant", DEFAULT_VARIANT))
                 Image.fromarray(image).save(folder / "images" / split / f"{index:06d}.png")
                 Image.fromarray(label).save(folder / "labels" / split / f"{index:06d}.png")
                 bar.update(1)
@@ -320,15 +396,17 @@ def ensure_finedetail(
     num_train: int = 384,
     num_val: int = 64,
     progress: bool = True,
+    variant: str = DEFAULT_VARIANT,
 ) -> Path:
     """Return the dataset folder, generating it first if it is not there (atomically)."""
     _check_counts(seed, size, num_train, num_val)
+    get_variant(variant)
     folder = (
         Path(root).expanduser()
         if root is not None
-        else default_root(seed, size, num_train, num_val)
+        else default_root(seed, size, num_train, num_val, variant)
     )
-    meta = _meta(seed, size, num_train, num_val)
+    meta = _meta(seed, size, num_train, num_val, variant)
     if _check_existing(folder, meta):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -372,8 +450,10 @@ _REGISTERED: dict[str, tuple[Any, ...]] = {}
 
 
 def _load_split(key: tuple[Any, ...], split: str) -> list[dict[str, Any]]:
-    root, seed, size, num_train, num_val = key
-    folder = ensure_finedetail(root, seed=seed, size=size, num_train=num_train, num_val=num_val)
+    root, seed, size, num_train, num_val, variant = key
+    folder = ensure_finedetail(
+        root, seed=seed, size=size, num_train=num_train, num_val=num_val, variant=variant
+    )
     return load_finedetail(folder, split)
 
 
@@ -384,21 +464,24 @@ def register_finedetail(
     size: int = 128,
     num_train: int = 384,
     num_val: int = 64,
+    variant: str = DEFAULT_VARIANT,
 ) -> Path:
-    """Register ``sfm_finedetail_train`` / ``sfm_finedetail_val``; return the dataset folder.
+    """Register ``sfm_finedetail_train`` / ``sfm_finedetail_val`` (another ``variant``:
+    ``sfm_finedetail_<variant>_{train,val}``); return the dataset folder.
 
     Cheap: the images are generated on the first ``DatasetCatalog.get`` (or by
     :func:`ensure_finedetail`). Calling it again with the same arguments does nothing; with other
     arguments it replaces both registrations.
     """
     _check_counts(seed, size, num_train, num_val)
+    kind = get_variant(variant)
     folder = (
         Path(root).expanduser()
         if root is not None
-        else default_root(seed, size, num_train, num_val)
+        else default_root(seed, size, num_train, num_val, variant)
     )
-    key = (folder, seed, size, num_train, num_val)
-    for split, name in DATASET_NAMES.items():
+    key = (folder, seed, size, num_train, num_val, kind.name)
+    for split, name in kind.dataset_names.items():
         if name in DatasetCatalog.list():
             if _REGISTERED.get(name) == key:
                 continue

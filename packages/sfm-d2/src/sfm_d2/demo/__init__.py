@@ -5,6 +5,8 @@ Also the functions the tools in ``projects/SFM-Mask2Former/tools/`` are thin wra
 
 from sfm_d2.demo.internals import (
     ArsView,
+    aliasing_controls,
+    ars_diagnostics_over,
     ars_views,
     count_flops,
     count_parameters,
@@ -22,6 +24,8 @@ __all__ = [
     "ModelResult",
     "Sample",
     "TrainedRun",
+    "aliasing_controls",
+    "ars_diagnostics_over",
     "ars_views",
     "count_flops",
     "count_parameters",

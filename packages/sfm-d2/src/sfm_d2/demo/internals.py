@@ -10,9 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from sfm_core.analysis import LayerAliasing, aliasing_report
+from sfm_core.analysis import CONTROLS, LayerAliasing, aliasing_report
+from sfm_core.analysis.controls import resampling_modules
 from sfm_core.functional import compose_positions
 from sfm_core.insertion import is_downsampling
+from sfm_core.nn import ars_diagnostics, label_detail
 from sfm_d2.flops import flop_count
 from sfm_d2.modeling.backbone.levels import LEVELS
 from sfm_d2.modeling.backbone.outputs import positions_key
@@ -37,11 +39,18 @@ def downsampling_layers(backbone: nn.Module) -> dict[str, str]:
 
 
 def model_aliasing(
-    backbone: nn.Module, batches: Sequence[torch.Tensor]
+    backbone: nn.Module,
+    batches: Sequence[torch.Tensor],
+    *,
+    control: str = "own",
+    shift: float = 0.5,
 ) -> tuple[LayerAliasing, ...]:
     """Mean aliasing ratio (SPEC section 5) at the input of every downsampling layer over ``batches``.
 
-    Each patch merging is a stride-2 layer; convs and pools use their own stride.
+    Each patch merging is a stride-2 layer; convs and pools use their own stride. ``control``
+    picks the grid every ARS resamples at (:mod:`sfm_core.analysis.controls`): ``"own"`` (the
+    model as trained), ``"other"`` (another image's grid), ``"shift"`` (a uniform ``shift``-pixel
+    shift) or ``"identity"`` (no resampling).
     """
     layers = downsampling_layers(backbone)
     found: dict[str, LayerAliasing] = {}
@@ -50,9 +59,36 @@ def model_aliasing(
         if not names:
             continue
         stride = 2 if layout == "nhwc" else None
-        report = aliasing_report(backbone, batches, names=names, stride=stride, layout=layout)
+        report = aliasing_report(
+            backbone,
+            batches,
+            names=names,
+            stride=stride,
+            layout=layout,
+            control=control,
+            shift=shift,
+        )
         found.update({layer.name: layer for layer in report.layers})
     return tuple(found[name] for name in layers)
+
+
+def aliasing_controls(
+    backbone: nn.Module, batches: Sequence[torch.Tensor], *, shift: float = 0.5
+) -> dict[str, tuple[LayerAliasing, ...]]:
+    """:func:`model_aliasing` under every control but ``"own"``; empty for a backbone without ARS.
+
+    Own below these means the grids' placement matters; own equal to them means the drop in
+    aliasing is bilinear interpolation acting as a blur.
+    """
+    if not resampling_modules(backbone):
+        return {}
+    if len(batches) > 1 and batches[-1].shape[0] == 1:  # "other" needs two images per batch
+        batches = [*batches[:-2], torch.cat([batches[-2], batches[-1]])]
+    return {
+        control: model_aliasing(backbone, batches, control=control, shift=shift)
+        for control in CONTROLS
+        if control != "own"
+    }
 
 
 @torch.no_grad()
@@ -125,6 +161,72 @@ def ars_views(backbone: nn.Module, batch: torch.Tensor) -> list[ArsView]:
         saliency = torch.exp(logits - logits.amax(dim=(2, 3), keepdim=True))
         views.append(ArsView(stage, (2 * composed - 1).permute(0, 2, 3, 1), saliency))
     return views
+
+
+@torch.no_grad()
+def ars_diagnostics_over(
+    backbone: nn.Module,
+    batches: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    *,
+    ignore_label: int = 255,
+) -> dict[str, dict[str, float]]:
+    """``{stage: diagnostics}`` of every ARS over all images of ``batches``; empty without ARS.
+
+    :func:`sfm_core.nn.ars_diagnostics` on the grids, logits and input positions of all images at
+    once, with detail from the ground truth (:func:`sfm_core.nn.label_detail` of the
+    full-resolution labels). ``labels`` are the images' ``[H, W]`` maps in batch order; each is
+    padded with ``ignore_label`` to its batch's (size-divisible) image size.
+    """
+    ars_modules = getattr(backbone, "ars", None)
+    if not ars_modules:
+        return {}
+    found: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
+        stage: [] for stage in ars_modules
+    }
+    details = []
+    remaining = list(labels)
+    for batch in batches:
+        height, width = batch.shape[-2:]
+        for label in remaining[: batch.shape[0]]:
+            padded = torch.full((height, width), ignore_label, dtype=torch.int64)
+            padded[: label.shape[0], : label.shape[1]] = label
+            details.append(padded)
+        remaining = remaining[batch.shape[0] :]
+        grids: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        handles = []
+        for stage, module in ars_modules.items():
+
+            def hook(
+                _module: nn.Module,
+                _args: Any,
+                output: Any,
+                stage: str = stage,
+                grids: dict[str, tuple[torch.Tensor, torch.Tensor]] = grids,
+            ) -> None:
+                grids[stage] = (output.grid, output.logits)
+
+            handles.append(module.register_forward_hook(hook))
+        try:
+            outputs = backbone(batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for stage, (grid, logits) in grids.items():
+            previous = positions_key(LEVELS[LEVELS.index(stage) - 1])
+            found[stage].append((grid, logits, outputs[previous]))
+    if remaining or len(details) != sum(b.shape[0] for b in batches):
+        raise ValueError(f"labels must hold one map per image, got {len(labels)}")
+    detail = label_detail(torch.stack(details), ignore_index=ignore_label)
+    return {
+        stage: ars_diagnostics(
+            torch.cat([g for g, _, _ in parts]),
+            torch.cat([a for _, a, _ in parts]),
+            detail.to(parts[0][0].device),
+            torch.cat([p for _, _, p in parts]),
+        ).as_dict()
+        for stage, parts in found.items()
+    }
 
 
 def count_parameters(model: nn.Module) -> int:

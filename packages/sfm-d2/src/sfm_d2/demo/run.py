@@ -17,6 +17,8 @@ import torch
 
 from sfm_d2.demo.figures import plot_ars_views, plot_predictions, plot_spectra
 from sfm_d2.demo.internals import (
+    aliasing_controls,
+    ars_diagnostics_over,
     ars_views,
     collect_batches,
     count_flops,
@@ -129,6 +131,13 @@ def run_demo(
                 flops=count_flops(model, samples[0].image)[0],
                 train_seconds=run.seconds,
                 iterations=run.iterations,
+                aliasing_controls=aliasing_controls(model.backbone, batches),
+                ars_diagnostics=ars_diagnostics_over(
+                    model.backbone,
+                    batches,
+                    [s.labels for s in samples if s.labels is not None],
+                    ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+                ),
             )
         )
     classes, colors = class_palette(cfg)

@@ -9,7 +9,7 @@ from detectron2.config import CfgNode
 from detectron2.layers import get_norm
 from torch import nn
 
-from sfm_core.nn import AdaptiveResampling, group_norm
+from sfm_core.nn import AdaptiveResampling, group_norm, own_random_stream
 from sfm_d2.config import ops_backend
 
 
@@ -23,15 +23,21 @@ def pyramid_norm(name: str) -> Callable[[int], nn.Module]:
     return group_norm(32) if name == "GN" else partial(get_norm, name)
 
 
-def build_ars(cfg: CfgNode, channels: int) -> nn.Module:
-    """One ARS module for a ``channels``-wide stage input, configured by ``MODEL.SFM.*``."""
+def build_ars(cfg: CfgNode, stage: str, channels: int) -> nn.Module:
+    """The ARS before ``stage`` for a ``channels``-wide input, configured by ``MODEL.SFM.*``.
+
+    Built on a random stream of its own (:func:`sfm_core.nn.own_random_stream`, named after the
+    stage): the backbone's other parameters, and every later draw, are those of the backbone
+    without ARS built with the same seed.
+    """
     sfm = cfg.MODEL.SFM
-    return AdaptiveResampling(
-        channels,
-        generator=sfm.GENERATOR,
-        window=sfm.WINDOW,
-        fwhm=sfm.FWHM,
-        s_min=sfm.S_MIN,
-        norm_layer=pyramid_norm(sfm.NORM),
-        backend=ops_backend(cfg),
-    )
+    with own_random_stream(f"backbone.ars.{stage}"):
+        return AdaptiveResampling(
+            channels,
+            generator=sfm.GENERATOR,
+            window=sfm.WINDOW,
+            fwhm=sfm.FWHM,
+            s_min=sfm.S_MIN,
+            norm_layer=pyramid_norm(sfm.NORM),
+            backend=ops_backend(cfg),
+        )

@@ -46,7 +46,7 @@ class SFMConvNeXt(Backbone):  # type: ignore[misc]
             (``layer_scale_init_value <= 0`` turns layer scale off, as in the official code).
         out_features: levels to return; stages past the deepest one are not built.
         ars_stages: stages (``"res3"``...) whose input passes through ARS.
-        make_ars: ``channels -> ARS module`` (required when ``ars_stages`` is not empty).
+        make_ars: ``(stage, channels) -> ARS module`` (required when ``ars_stages`` is not empty).
     """
 
     def __init__(
@@ -88,7 +88,7 @@ class SFMConvNeXt(Backbone):  # type: ignore[misc]
             i = LEVELS.index(f)
             self.add_module(f"norm{i}", LayerNorm2d(dims[i], eps=1e-6))
         built = [s for s in LEVELS[1:num_stages] if s in ars_stages]
-        self.ars = nn.ModuleDict({s: make_ars(dims[LEVELS.index(s) - 1]) for s in built})  # type: ignore[misc]
+        self.ars = nn.ModuleDict({s: make_ars(s, dims[LEVELS.index(s) - 1]) for s in built})  # type: ignore[misc]
 
     @property
     def size_divisibility(self) -> int:

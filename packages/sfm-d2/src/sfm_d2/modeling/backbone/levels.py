@@ -15,7 +15,7 @@ from torch import nn
 
 from sfm_core.functional import compose_positions, identity_positions, resize_positions
 
-ArsFactory = Callable[[int], nn.Module]
+ArsFactory = Callable[[str, int], nn.Module]  # (stage it precedes, input channels) -> ARS
 LEVELS = ("res2", "res3", "res4", "res5")
 
 

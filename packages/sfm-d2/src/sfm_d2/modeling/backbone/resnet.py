@@ -197,7 +197,7 @@ def build_sfm_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> SFMResNet
     for idx, blocks in enumerate(stages[:built]):
         name = f"res{idx + 2}"
         if name in cfg.MODEL.SFM.ARS_STAGES:
-            ars[name] = build_ars(cfg, blocks[0].in_channels)
+            ars[name] = build_ars(cfg, name, blocks[0].in_channels)
     return SFMResNet(
         stem, stages, out_features=out_features, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, ars=ars
     )

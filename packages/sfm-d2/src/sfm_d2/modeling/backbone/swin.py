@@ -20,6 +20,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
+from sfm_core.nn import LowPass
 from sfm_d2.config import validate_sfm_config
 from sfm_d2.modeling.backbone.ars import build_ars
 from sfm_d2.modeling.backbone.levels import (
@@ -44,7 +45,10 @@ class SFMSwinTransformer(Backbone):  # type: ignore[misc]
             use_checkpoint: the ``MODEL.SWIN`` settings of Mask2Former's D2 Swin.
         out_features: levels to return; stages past the deepest one are not built.
         ars_stages: stages (``"res3"``...) whose input passes through ARS.
-        make_ars: ``channels -> ARS module`` (required when ``ars_stages`` is not empty).
+        make_ars: ``(stage, channels) -> ARS module`` (required when ``ars_stages`` is not empty).
+        lowpass_stages: stages whose input is blurred by a fixed binomial low-pass
+            (:class:`sfm_core.nn.LowPass`, after any ARS) before the patch merging: the
+            BlurPool-style alternative to ARS. No parameters.
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class SFMSwinTransformer(Backbone):  # type: ignore[misc]
         out_features: Sequence[str] = LEVELS,
         ars_stages: Sequence[str] = (),
         make_ars: ArsFactory | None = None,
+        lowpass_stages: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self._out_features = check_out_features("out_features", out_features)
@@ -114,7 +119,9 @@ class SFMSwinTransformer(Backbone):  # type: ignore[misc]
             self.add_module(f"norm{i}", nn.LayerNorm(dims[i]))
         # Only the stages that are built can be preceded by ARS.
         built = [s for s in LEVELS[1:num_stages] if s in ars_stages]
-        self.ars = nn.ModuleDict({s: make_ars(dims[LEVELS.index(s) - 1]) for s in built})  # type: ignore[misc]
+        self.ars = nn.ModuleDict({s: make_ars(s, dims[LEVELS.index(s) - 1]) for s in built})  # type: ignore[misc]
+        blurred = [s for s in LEVELS[1:num_stages] if s in lowpass_stages]
+        self.lowpass = nn.ModuleDict({s: LowPass() for s in blurred})
 
     @property
     def size_divisibility(self) -> int:
@@ -148,6 +155,8 @@ class SFMSwinTransformer(Backbone):  # type: ignore[misc]
                 )
                 x = resampled.permute(0, 2, 3, 1)
                 outputs[ars_logits_key(following)] = logits
+            if following in self.lowpass:
+                x = self.lowpass[following](x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             x = stage.downsample(x)
             positions = downsampled_positions(positions, x.permute(0, 3, 1, 2))
         return outputs
@@ -178,4 +187,5 @@ def build_sfm_swin_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> SFMSwinTran
         out_features=check_out_features("MODEL.SWIN.OUT_FEATURES", swin.OUT_FEATURES),
         ars_stages=cfg.MODEL.SFM.ARS_STAGES,
         make_ars=partial(build_ars, cfg),
+        lowpass_stages=cfg.MODEL.SFM.LOWPASS_STAGES,
     )

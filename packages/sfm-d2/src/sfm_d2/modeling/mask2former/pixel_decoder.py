@@ -27,7 +27,7 @@ from torch import nn
 from sfm_core import ops
 from sfm_core.functional import identity_positions
 from sfm_core.functional.lattice_cells import DEFAULT_METHOD, check_method
-from sfm_core.nn import LocalPixelRelation
+from sfm_core.nn import LocalPixelRelation, own_random_stream
 from sfm_d2.modeling.backbone.outputs import positions_key
 from sfm_d2.modeling.mask2former.ms_deform_attn import MSDeformAttn
 from sfm_d2.modeling.mask2former.position_encoding import PositionEmbeddingSine
@@ -243,14 +243,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
             self.add_module(f"layer_{number}", output)
             self.lateral_convs.append(lateral)
             self.output_convs.append(output)
-        self.mask_refiner = (
-            LocalPixelRelation(
-                mask_dim, lprm_dilations, gated=lprm_gated, norm_layer=lprm_norm_layer,
-                backend=backend,
-            )
-            if lprm
-            else None
-        )  # fmt: skip
+        self.mask_refiner: LocalPixelRelation | None = None
+        if lprm:  # on a stream of its own: the decoder built after it starts as without it
+            with own_random_stream("sem_seg_head.pixel_decoder.mask_refiner"):
+                self.mask_refiner = LocalPixelRelation(
+                    mask_dim, lprm_dilations, gated=lprm_gated, norm_layer=lprm_norm_layer,
+                    backend=backend,
+                )  # fmt: skip
 
     @staticmethod
     def _check_shapes(
