@@ -12,6 +12,13 @@ from sfm_core.functional import box_high_pass as reference
 from sfm_core.nn import AdaptiveResampling
 from sfm_core.nn.generators import BoxAverage, LearnableHighPass
 
+
+@pytest.fixture(autouse=True)
+def _every_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel on every map size (in use it starts at 64x64 pixels)."""
+    monkeypatch.setattr(cpu_op, "MIN_PIXELS", 0)
+
+
 AWKWARD = [(2, 3, 7, 5), (1, 2, 1, 6), (2, 1, 5, 1), (1, 1, 1, 1), (2, 2, 2, 3), (1, 3, 4, 2)]
 
 
