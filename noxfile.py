@@ -156,7 +156,7 @@ def demo(session: nox.Session) -> None:
     ``projects/SFM-Mask2Former/tools/demo.py`` goes after ``--``). Not a default session.
     """
     wheel = detectron2_wheel(session)
-    install(session, f"{CORE}[plot]", D2, wheel)
+    install(session, f"{CORE}[plot,cpu]", D2, wheel)  # [cpu]: numba kernels of the CPU fast path
     session.run("python", "projects/SFM-Mask2Former/tools/demo.py", *session.posargs)
 
 
@@ -258,7 +258,7 @@ def bench_ars(session: nox.Session) -> None:
     Prints one table and writes benchmarks/results/ars_overhead_cpu.json; options go after
     ``--`` (e.g. ``nox -s bench-ars -- --repeats 9``).
     """
-    install(session, CORE, "timm")
+    install(session, f"{CORE}[cpu]", "timm")  # [cpu]: the fast path's numba kernels
     session.run("python", "benchmarks/bench_ars_overhead.py", *session.posargs)
 
 

@@ -15,6 +15,7 @@ import torch
 
 from sfm_core import functional, ops
 from sfm_core.backends import implementation
+from sfm_core.cpu import BACKEND as CPU_BACKEND
 from sfm_triton.backend import BACKEND
 from sfm_triton.testing import assert_close
 
@@ -85,7 +86,9 @@ def test_environment_variable_selects_the_backend(
 def test_auto_picks_triton_for_cuda_only(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SFM_BACKEND", raising=False)
     reference = getattr(functional, name)
-    assert implementation(name, torch.device("cpu"), None, reference) is reference
+    # CPU tensors: sfm-core's built-in cpu backend where it has the op, else the reference.
+    on_cpu = CPU_BACKEND.ops.get(name, reference)
+    assert implementation(name, torch.device("cpu"), None, reference) is on_cpu
     if torch.cuda.is_available():
         assert implementation(name, torch.device("cuda"), None, reference) is BACKEND.ops[name]
 
@@ -93,7 +96,8 @@ def test_auto_picks_triton_for_cuda_only(name: str, monkeypatch: pytest.MonkeyPa
 def test_unknown_backend_names_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     x, grid = op_inputs()["resample"][0]
     with pytest.raises(
-        ValueError, match=r"backend must be one of \['auto', 'reference', 'triton'\], got 'tritn'"
+        ValueError,
+        match=r"backend must be one of \['auto', 'cpu', 'reference', 'triton'\], got 'tritn'",
     ):
         ops.resample(x, grid, backend="tritn")
     monkeypatch.setenv("SFM_BACKEND", "cuda")

@@ -79,7 +79,7 @@ def test_environment_variable_selects_the_backend(
     torch.testing.assert_close(ops.resample(x, grid), reference.resample(x, grid))
     monkeypatch.setenv(backends.BACKEND_ENV, "nonsense")
     with pytest.raises(
-        ValueError, match=r"SFM_BACKEND must be one of \['auto', 'fake', 'reference'\]"
+        ValueError, match=r"SFM_BACKEND must be one of \['auto', 'cpu', 'fake', 'reference'\]"
     ):
         ops.resample(x, grid)
 

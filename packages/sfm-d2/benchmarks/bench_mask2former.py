@@ -3,8 +3,13 @@
 The model is the official ADE20K R50 yaml (recreated in tests/configs/mask2former_official) with
 our registered names; "plain" sets ``MODEL.SFM.ARS_STAGES: []`` and every
 ``MODEL.SFM.MASK2FORMER`` switch off (= Mask2Former), "sfm" keeps the defaults (ARS before
-res3/res4/res5, all four switches on). Both get the same synthetic batch (uint8 images with
-150-class label maps made of random rectangles) and the same seed.
+res3/res4/res5, all four switches on) and runs on the default backend (for CPU tensors
+sfm-core's ``cpu`` backend, ``sfm_core.cpu``), "sfm-reference" is the same model on the reference
+ops (``SFM_BACKEND=reference``). All get the same synthetic batch (uint8 images with 150-class
+label maps made of random rectangles) and the same seed.
+
+* Per op: each ARS and the LPRM module of the sfm model, forward + backward on the inputs they
+  get in the iteration, reference vs fast (median CPU time of ``--repeats`` interleaved runs).
 
 * Time: after one warm-up iteration each, the two models alternate for ``--repeats`` iterations
   in one process; the table gives the median wall time and the median CPU time (process time,
@@ -60,7 +65,8 @@ NAMES = [
     "MODEL.DEVICE", "cpu",
 ]  # fmt: skip
 SWITCHES = ("WARPED_POSITIONAL_ENCODING", "NONUNIFORM_UPSAMPLE", "LPRM", "WARPED_MASK_ATTENTION")
-VARIANTS = ("plain", "sfm")
+VARIANTS = ("plain", "sfm", "sfm-reference")
+BACKENDS = {"plain": None, "sfm": None, "sfm-reference": "reference"}  # SFM_BACKEND per variant
 
 
 def build(variant: str) -> nn.Module:
@@ -92,6 +98,64 @@ def make_batch(batch: int, size: int, num_classes: int = 150) -> list[dict[str, 
     return inputs
 
 
+def use_backend(variant: str) -> None:
+    """Set ``SFM_BACKEND`` for ``variant`` (unset: the default choice)."""
+    os.environ.pop("SFM_BACKEND", None)
+    if BACKENDS[variant] is not None:
+        os.environ["SFM_BACKEND"] = str(BACKENDS[variant])
+
+
+def op_steps(model: nn.Module, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each ARS / LPRM module of ``model`` as a forward + backward closure on its real inputs."""
+    from sfm_core.nn import AdaptiveResampling, LocalPixelRelation
+
+    found: dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]] = {}
+
+    def record(name: str, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        found.setdefault(name, (module, tuple(a.detach() for a in args)))  # returns None
+
+    hooks = [
+        module.register_forward_hook(lambda m, args, out, name=name: record(name, m, args))
+        for name, module in model.named_modules()
+        if isinstance(module, (AdaptiveResampling, LocalPixelRelation))
+    ]
+    with torch.no_grad():
+        model(inputs)
+    for hook in hooks:
+        hook.remove()
+    steps = {}
+    for name, (module, args) in found.items():
+        leaves = tuple(a.clone().requires_grad_() for a in args)
+
+        def step(module: nn.Module = module, leaves: tuple[torch.Tensor, ...] = leaves) -> None:
+            module.zero_grad(set_to_none=True)
+            out = module(*leaves)
+            (out.features if isinstance(out, tuple) else out).sum().backward()
+
+        label = f"{type(module).__name__} {name.split('.')[-1]} {list(args[0].shape)}"
+        steps[label] = step
+    return steps
+
+
+def time_ops(steps: dict[str, Any], repeats: int) -> list[tuple[str, float, float]]:
+    """(op, reference CPU s, fast CPU s): medians of interleaved runs, one warm-up each."""
+    rows = []
+    for label, step in steps.items():
+        times: dict[str, list[float]] = {"reference": [], "fast": []}
+        for round_ in range(repeats + 1):
+            for name in ("reference", "fast") if round_ % 2 else ("fast", "reference"):
+                use_backend("sfm-reference" if name == "reference" else "sfm")
+                cpu = time.process_time()
+                step()
+                if round_:
+                    times[name].append(time.process_time() - cpu)
+        rows.append(
+            (label, statistics.median(times["reference"]), statistics.median(times["fast"]))
+        )
+    use_backend("sfm")
+    return rows
+
+
 def iteration(model: nn.Module, inputs: list[dict[str, Any]]) -> tuple[float, float]:
     """Wall and CPU seconds of one forward + backward (gradients dropped afterwards)."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -111,6 +175,7 @@ def _rss_kib(field: str) -> int:
 
 def memory_child(variant: str, batch: int, size: int) -> dict[str, float]:
     """Peak RSS of one iteration in this (fresh) process, and its increase over the RSS before."""
+    use_backend(variant)
     model = build(variant)
     inputs = make_batch(batch, size)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -155,6 +220,7 @@ def profile_growth(models: dict[str, nn.Module], inputs: list[dict[str, Any]], t
     """Ops whose self CPU time grew most from plain to sfm, over one iteration each."""
     self_ms: dict[str, dict[str, float]] = {}
     for variant, model in models.items():
+        use_backend(variant)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             iteration(model, inputs)
         self_ms[variant] = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
@@ -189,12 +255,16 @@ def main() -> None:
     models = {v: build(v) for v in VARIANTS}
     params = {v: sum(p.numel() for p in m.parameters()) for v, m in models.items()}
     flops = {v: gflops(m, inputs) for v, m in models.items()}
-    for model in models.values():
+    for variant, model in models.items():
+        use_backend(variant)
         iteration(model, inputs)  # warm-up
     times: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
     for _ in range(args.repeats):
         for variant, model in models.items():
+            use_backend(variant)
             times[variant].append(iteration(model, inputs))
+    use_backend("sfm")
+    op_rows = time_ops(op_steps(models["sfm"], inputs), args.repeats)
     memory = {v: measure_memory(v, args.batch, args.size) for v in VARIANTS}
 
     rows = {}
@@ -219,16 +289,22 @@ def main() -> None:
             f"| {v} | {r['params_m']:.2f} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | "
             f"{r['peak_rss_mib']:.0f} | {r['iteration_extra_mib']:.0f} | {r['gflops']:.1f} |"
         )
-    p, s = rows["plain"], rows["sfm"]
-    print(
-        f"| SFM overhead | {s['params_m'] / p['params_m'] - 1:+.1%} | "
-        f"{s['wall_s'] / p['wall_s'] - 1:+.1%} | {s['cpu_s'] / p['cpu_s'] - 1:+.1%} | "
-        f"{s['peak_rss_mib'] / p['peak_rss_mib'] - 1:+.1%} | "
-        f"{s['iteration_extra_mib'] / p['iteration_extra_mib'] - 1:+.1%} | "
-        f"{s['gflops'] / p['gflops'] - 1:+.1%} |"
-    )
+    p = rows["plain"]
+    for v in VARIANTS[1:]:
+        s = rows[v]
+        print(
+            f"| {v} overhead | {s['params_m'] / p['params_m'] - 1:+.1%} | "
+            f"{s['wall_s'] / p['wall_s'] - 1:+.1%} | {s['cpu_s'] / p['cpu_s'] - 1:+.1%} | "
+            f"{s['peak_rss_mib'] / p['peak_rss_mib'] - 1:+.1%} | "
+            f"{s['iteration_extra_mib'] / p['iteration_extra_mib'] - 1:+.1%} | "
+            f"{s['gflops'] / p['gflops'] - 1:+.1%} |"
+        )
+    print("| op (sfm model, fwd + bwd, its real input) | reference CPU s | fast CPU s | speed-up |")
+    print("|---|---|---|---|")
+    for label, slow, fast in op_rows:
+        print(f"| {label} | {slow:.3f} | {fast:.3f} | {slow / fast:.1f}x |")
     print("fvcore skipped (counted 0):", {v: sorted(flops[v][1]) for v in VARIANTS})
-    print("raw:", json.dumps({"rows": rows, "times": times}))
+    print("raw:", json.dumps({"rows": rows, "times": times, "ops": op_rows}))
     if args.profile:
         print(profile_growth(models, inputs, top=12))
 

@@ -1,9 +1,12 @@
-"""Backend selection for the public ops: the reference, or a plug-in found by entry point.
+"""Backend selection for the public ops: the reference, the built-in ``cpu`` backend, or a plug-in.
 
 A plug-in package (sfm-triton) declares an entry point in the group ``sfm_core.backends`` that
-names a :class:`Backend`; sfm-core never imports it by name. The choice per call is, in order:
-the ``backend=`` argument, the ``SFM_BACKEND`` environment variable, then ``"auto"`` (a plug-in
-for CUDA tensors when one is installed, the reference otherwise).
+names a :class:`Backend`; sfm-core never imports it by name. The ``cpu`` backend
+(:mod:`sfm_core.cpu`) is built in. The choice per call is, in order: the ``backend=`` argument,
+the ``SFM_BACKEND`` environment variable, then ``"auto"``: a plug-in for CUDA tensors when one is
+installed, the ``cpu`` backend for CPU tensors (for the ops it has; not while ``torch.jit.trace``
+records, so a traced graph shows the reference's aten ops, which FLOP counters know), the
+reference otherwise.
 
 Plug-ins are loaded once, when :mod:`sfm_core.ops` is imported, so that choosing a backend inside
 a ``torch.compile``-d region is plain dictionary work that Dynamo can trace.
@@ -19,11 +22,13 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import torch
+from torch.jit._trace import is_tracing
 
 ENTRY_POINT_GROUP = "sfm_core.backends"
 BACKEND_ENV = "SFM_BACKEND"
 REFERENCE = "reference"
 AUTO = "auto"
+CPU = "cpu"
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ _loaded: dict[str, Backend] | None = None
 
 
 def plugins() -> dict[str, Backend]:
-    """Installed plug-in backends by name (entry points are read once per process)."""
+    """The built-in ``cpu`` backend and the installed plug-ins, by name (read once per process)."""
     global _loaded
     if _loaded is None:
         _loaded = _discover()
@@ -59,7 +64,9 @@ def forget_plugins() -> None:
 
 
 def _discover() -> dict[str, Backend]:
-    found: dict[str, Backend] = {}
+    from sfm_core.cpu import BACKEND as CPU_BACKEND  # the built-in one; it imports this module
+
+    found: dict[str, Backend] = {CPU: CPU_BACKEND}
     for point in entry_points(group=ENTRY_POINT_GROUP):
         backend = point.load()
         if not isinstance(backend, Backend):
@@ -91,27 +98,33 @@ def _log_choice(op: str, name: str) -> None:
     log.info("sfm op %s uses the %s backend", op, name)
 
 
+def resolve(op: str, device: torch.device, backend: str | None) -> Backend | None:
+    """The backend that runs ``op`` for tensors on ``device`` (``None``: the reference)."""
+    choice = requested_backend(backend)
+    if choice == REFERENCE:
+        return None
+    if choice == AUTO:
+        if device.type == "cpu":
+            cpu = plugins()[CPU]
+            return cpu if op in cpu.ops and not is_tracing() else None
+        if device.type == "cuda":
+            for candidate in plugins().values():
+                if op in candidate.ops and candidate.check(device) is None:
+                    return candidate
+        return None
+    plugin = plugins()[choice]
+    reason = plugin.check(device)
+    if reason is not None:
+        raise RuntimeError(f"the {choice!r} backend cannot run {op} on {device}: {reason}")
+    if op not in plugin.ops:
+        raise RuntimeError(f"the {choice!r} backend does not implement {op}")
+    return plugin
+
+
 def implementation(
     op: str, device: torch.device, backend: str | None, reference: Callable[..., Any]
 ) -> Callable[..., Any]:
     """The function that runs ``op`` for tensors on ``device`` under the requested backend."""
-    choice = requested_backend(backend)
-    if choice == REFERENCE:
-        chosen_name, chosen = REFERENCE, reference
-    elif choice == AUTO:
-        chosen_name, chosen = REFERENCE, reference
-        if device.type == "cuda":
-            for candidate in plugins().values():
-                if op in candidate.ops and candidate.check(device) is None:
-                    chosen_name, chosen = candidate.name, candidate.ops[op]
-                    break
-    else:
-        plugin = plugins()[choice]
-        reason = plugin.check(device)
-        if reason is not None:
-            raise RuntimeError(f"the {choice!r} backend cannot run {op} on {device}: {reason}")
-        if op not in plugin.ops:
-            raise RuntimeError(f"the {choice!r} backend does not implement {op}")
-        chosen_name, chosen = choice, plugin.ops[op]
-    _log_choice(op, chosen_name)
-    return chosen
+    chosen = resolve(op, device, backend)
+    _log_choice(op, REFERENCE if chosen is None else chosen.name)
+    return reference if chosen is None else chosen.ops[op]

@@ -1,8 +1,8 @@
 """Public SFM ops: the reference's contract, run by the backend chosen per call.
 
 Use these (the :mod:`sfm_core.nn` modules do); :mod:`sfm_core.functional` is the reference that
-never dispatches. ``backend`` is ``"reference"``, ``"auto"`` (default) or a plug-in name such as
-``"triton"``; the ``SFM_BACKEND`` environment variable sets the default. Arguments that are not
+never dispatches. ``backend`` is ``"reference"``, ``"auto"`` (default), ``"cpu"`` (built in) or a
+plug-in name such as ``"triton"``; the ``SFM_BACKEND`` environment variable sets the default. Arguments that are not
 tensors are refused here, before dispatch, with the reference's TypeError.
 """
 
@@ -12,7 +12,7 @@ import torch
 
 from sfm_core import functional as reference
 from sfm_core._checks import check_is_tensor
-from sfm_core.backends import implementation, plugins
+from sfm_core.backends import implementation, plugins, resolve
 from sfm_core.functional.lattice_cells import DEFAULT_METHOD, check_method
 
 plugins()  # load plug-ins now, outside any compiled region
@@ -55,12 +55,43 @@ def nonuniform_upsample(
 
 
 def lprm_aggregate(
-    v: torch.Tensor, logits: torch.Tensor, dilation: int, *, backend: str | None = None
+    v: torch.Tensor,
+    logits: torch.Tensor,
+    dilation: int,
+    *,
+    gate: torch.Tensor | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
-    """See :func:`sfm_core.functional.lprm_aggregate`."""
+    """See :func:`sfm_core.functional.lprm_aggregate`.
+
+    ``gate``: a scalar tensor ``α``; the result is then the gated residual
+    ``v + α (lprm_aggregate(v, logits, dilation) − v)`` of LPRM (SPEC section 3.2), which a
+    backend with the op ``lprm_gated_aggregate`` runs as one aggregation (the gate folded into
+    the weights); others compose it.
+    """
     check_is_tensor(v=v, logits=logits)
+    if gate is None:
+        run = implementation("lprm_aggregate", v.device, backend, reference.lprm_aggregate)
+        return run(v, logits, dilation)  # type: ignore[no-any-return]
+    check_is_tensor(gate=gate)
+    chosen = resolve("lprm_aggregate", v.device, backend)
+    if chosen is not None and "lprm_gated_aggregate" in chosen.ops:
+        gated = implementation(
+            "lprm_gated_aggregate", v.device, chosen.name, reference.lprm_aggregate
+        )
+        return gated(v, logits, dilation, gate)  # type: ignore[no-any-return]
     run = implementation("lprm_aggregate", v.device, backend, reference.lprm_aggregate)
-    return run(v, logits, dilation)  # type: ignore[no-any-return]
+    aggregated: torch.Tensor = run(v, logits, dilation)
+    return v + gate.to(v.dtype) * (aggregated - v)
+
+
+def box_high_pass(
+    x: torch.Tensor, kernel: torch.Tensor, *, backend: str | None = None
+) -> torch.Tensor:
+    """See :func:`sfm_core.functional.box_high_pass`."""
+    check_is_tensor(x=x, kernel=kernel)
+    run = implementation("box_high_pass", x.device, backend, reference.box_high_pass)
+    return run(x, kernel)  # type: ignore[no-any-return]
 
 
 def ms_deform_attn(

@@ -3,6 +3,7 @@
 Nothing here dispatches to another backend; :mod:`sfm_core.ops` does that.
 """
 
+from sfm_core.functional.box_high_pass import box_average, box_high_pass
 from sfm_core.functional.lprm import lprm_aggregate
 from sfm_core.functional.ms_deform_attn import ms_deform_attn
 from sfm_core.functional.nonuniform import gather, nonuniform_upsample, rasterize
@@ -11,6 +12,8 @@ from sfm_core.functional.resample import resample
 from sfm_core.functional.saliency import saliency_grid
 
 __all__ = [
+    "box_average",
+    "box_high_pass",
     "compose_positions",
     "gather",
     "identity_positions",

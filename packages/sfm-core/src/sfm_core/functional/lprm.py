@@ -17,20 +17,8 @@ from sfm_core._checks import (
 TAPS = 9  # the 3x3 neighbourhood, tap n at offset (n // 3 - 1, n % 3 - 1) * dilation (dy, dx)
 
 
-def lprm_aggregate(v: torch.Tensor, logits: torch.Tensor, dilation: int) -> torch.Tensor:
-    """``out(c, p) = sum_n softmax_n(logits)(p) * v(c, clamp(p + dilation * o_n))``.
-
-    Args:
-        v: values ``[B, K, H, W]``.
-        logits: relation logits ``[B, 9, H, W]``; tap ``n`` sits at offset
-            ``(n // 3 - 1, n % 3 - 1) * dilation`` in ``(dy, dx)``; the softmax runs over the 9.
-        dilation: spacing of the taps in pixels; out-of-map taps read the nearest edge pixel
-            (so any dilation of at least ``H - 1`` rows / ``W - 1`` columns reads the same edge).
-
-    Returns:
-        ``[B, K, H, W]`` in ``v.dtype``; the same 9 weights apply to every channel. ``B`` or
-        ``K`` of 0 give an empty result; ``H, W`` must be at least 1.
-    """
+def check_lprm_arguments(v: torch.Tensor, logits: torch.Tensor, dilation: int) -> None:
+    """Raise unless ``lprm_aggregate(v, logits, dilation)`` is well defined (shared by backends)."""
     check_tensor("v", v, ndim=4, shape_hint="[B, K, H, W]")
     check_tensor("logits", logits, ndim=4, shape_hint="[B, 9, H, W]")
     check_positive("dilation", dilation, integer=True)
@@ -45,6 +33,23 @@ def lprm_aggregate(v: torch.Tensor, logits: torch.Tensor, dilation: int) -> torc
         raise ValueError(
             f"logits and v must share H, W, got logits {tuple(logits.shape)} and v {tuple(v.shape)}"
         )
+
+
+def lprm_aggregate(v: torch.Tensor, logits: torch.Tensor, dilation: int) -> torch.Tensor:
+    """``out(c, p) = sum_n softmax_n(logits)(p) * v(c, clamp(p + dilation * o_n))``.
+
+    Args:
+        v: values ``[B, K, H, W]``.
+        logits: relation logits ``[B, 9, H, W]``; tap ``n`` sits at offset
+            ``(n // 3 - 1, n % 3 - 1) * dilation`` in ``(dy, dx)``; the softmax runs over the 9.
+        dilation: spacing of the taps in pixels; out-of-map taps read the nearest edge pixel
+            (so any dilation of at least ``H - 1`` rows / ``W - 1`` columns reads the same edge).
+
+    Returns:
+        ``[B, K, H, W]`` in ``v.dtype``; the same 9 weights apply to every channel. ``B`` or
+        ``K`` of 0 give an empty result; ``H, W`` must be at least 1.
+    """
+    check_lprm_arguments(v, logits, dilation)
     height, width = v.shape[-2:]
     dtype = compute_dtype(torch.promote_types(v.dtype, logits.dtype))
     if v.numel() == 0:

@@ -15,8 +15,9 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.jit._trace import is_tracing
 
+from sfm_core import ops
+from sfm_core.functional.box_high_pass import box_average
 from sfm_core.nn._inputs import check_channels, check_dilations, check_features
 from sfm_core.nn.norms import NormLayer, build_norm, check_single_value_norm
 
@@ -37,26 +38,11 @@ def zero_init(layer: nn.Module) -> None:
 class BoxAverage(nn.Module):
     """3×3 mean over the pixels inside the map (``AvgPool2d(3, 1, 1, count_include_pad=False)``).
 
-    A depthwise 3×3 convolution with ones, divided by the number of pixels inside each window:
-    the same values up to the order of the nine-term sum (fp32 rounding), several times faster
-    than CPU average pooling, forward and backward.
+    See :func:`sfm_core.functional.box_average` (a depthwise convolution with ones, faster).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if is_tracing():  # a traced graph (fvcore's FLOP count) shows the op that defines it
-            return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-        channels, height, width = x.shape[1:]
-        ones = torch.ones(channels, 1, 3, 3, dtype=x.dtype, device=x.device)
-        total = F.conv2d(x, ones, padding=1, groups=channels)
-        return total.div_(_inside(height, total).unsqueeze(-1) * _inside(width, total))
-
-
-def _inside(length: int, like: torch.Tensor) -> torch.Tensor:
-    """How many of the three taps centred on each position fall inside an axis of ``length``."""
-    count = torch.full((length,), 3.0, dtype=like.dtype, device=like.device)
-    count[0] -= 1
-    count[-1] -= 1
-    return count
+        return box_average(x)
 
 
 class LearnableHighPass(nn.Module):
@@ -73,13 +59,17 @@ class LearnableHighPass(nn.Module):
         initial[:, _CENTRE] = 0.0
         self.weight = nn.Parameter(initial)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_features("x", x, channels=self.channels, module=self, shape_hint="[B, C, H, W]")
-        lowpass = torch.softmax(self.weight, dim=1).view(self.channels, 1, 3, 3).to(x.dtype)
-        # One depthwise pass with the kernel 2δ − lowpass (same values up to fp32 rounding).
+    def kernel(self, dtype: torch.dtype) -> torch.Tensor:
+        """The depthwise kernel ``2δ − softmax₉(w_c)``, ``[C, 1, 3, 3]`` in ``dtype``."""
+        lowpass = torch.softmax(self.weight, dim=1).view(self.channels, 1, 3, 3).to(dtype)
         kernel = -lowpass
         kernel[:, :, 1, 1] += 2.0
-        return F.conv2d(x, kernel, padding=1, groups=self.channels)
+        return kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features("x", x, channels=self.channels, module=self, shape_hint="[B, C, H, W]")
+        # One depthwise pass with the kernel 2δ − lowpass (same values up to fp32 rounding).
+        return F.conv2d(x, self.kernel(x.dtype), padding=1, groups=self.channels)
 
 
 class PyramidContext(nn.Module):
@@ -169,7 +159,12 @@ class PyramidAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.context.check_input(x)  # before the box average meets an empty or foreign map
-        return self.context.projected(self.high_pass(self.smooth(x)), self.project)
+        if isinstance(self.high_pass, LearnableHighPass):
+            # Smoothing and high-pass as one op (fused on the CPU: sfm_core.cpu).
+            detail = ops.box_high_pass(x, self.high_pass.kernel(x.dtype))
+        else:
+            detail = self.smooth(x)
+        return self.context.projected(detail, self.project)
 
 
 class ConvAttention(nn.Module):

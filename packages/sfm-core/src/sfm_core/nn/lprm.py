@@ -87,11 +87,8 @@ class LocalPixelRelation(nn.Module):
         out = values
         for step, (dilation, relate) in enumerate(zip(self.dilations, self.relations, strict=True)):
             relation = _relate(cast(nn.Sequential, relate), relation, dilation)
-            aggregated = ops.lprm_aggregate(out, relation, dilation, backend=self.backend)
-            if self.gates is None:
-                out = aggregated
-            else:
-                out = out + self.gates[step].to(out.dtype) * (aggregated - out)
+            gate = None if self.gates is None else self.gates[step]
+            out = ops.lprm_aggregate(out, relation, dilation, gate=gate, backend=self.backend)
         return out
 
     def extra_repr(self) -> str:
