@@ -20,10 +20,14 @@ def test_sfm_defaults(cfg: CfgNode) -> None:
     assert (sfm.GENERATOR, sfm.WINDOW, sfm.FWHM, sfm.S_MIN) == ("avg-lhpf-psp", 5, 3.0, 1e-3)
     assert (sfm.NORM, sfm.EDGE_LOSS_WEIGHT, sfm.BACKEND, sfm.LR_MULTIPLIER) == (
         "BN",
-        0.0,
+        100.0,
         "auto",
         1.0,
     )
+    # ARS that learns (issue 15): the choices measured in the README.
+    assert (sfm.EDGE_TARGET, sfm.EDGE_SIGMA, sfm.ARS_LR_MULTIPLIER) == ("full", 2.0, 10.0)
+    assert (sfm.GRADIENT_CLIP, sfm.CLIP_VALUE, sfm.ARS_PROJECT_INIT_STD) == ("model", 1.0, 0.0)
+    assert (sfm.ARS_DETACH_GENERATOR_INPUT, sfm.DIAGNOSTICS_PERIOD) == (False, 20)
     assert sfm.MSAU == {
         "ENABLED": True,
         "DILATIONS": [1, 2, 4, 8, 16],
@@ -131,6 +135,15 @@ def test_plain_detectron2_refuses_the_yaml() -> None:
         ("EDGE_LOSS_WEIGHT", -1.0, "MODEL.SFM.EDGE_LOSS_WEIGHT must be a number >= 0"),
         ("BACKEND", "cuda", "MODEL.SFM.BACKEND must be one of"),
         ("LR_MULTIPLIER", -0.1, "MODEL.SFM.LR_MULTIPLIER must be a number >= 0"),
+        ("EDGE_TARGET", "half", "MODEL.SFM.EDGE_TARGET must be one of"),
+        ("EDGE_SIGMA", 0.0, "MODEL.SFM.EDGE_SIGMA must be a positive finite number"),
+        ("CLIP_VALUE", -1.0, "MODEL.SFM.CLIP_VALUE must be a positive finite number"),
+        ("ARS_LR_MULTIPLIER", -1.0, "MODEL.SFM.ARS_LR_MULTIPLIER must be a number >= 0"),
+        ("ARS_PROJECT_INIT_STD", "x", "MODEL.SFM.ARS_PROJECT_INIT_STD must be a number >= 0"),
+        ("GRADIENT_CLIP", "all", "MODEL.SFM.GRADIENT_CLIP must be one of"),
+        ("ARS_DETACH_GENERATOR_INPUT", 1, "MODEL.SFM.ARS_DETACH_GENERATOR_INPUT must be a bool"),
+        ("DIAGNOSTICS_PERIOD", -1, "MODEL.SFM.DIAGNOSTICS_PERIOD must be an int >= 0"),
+        ("DIAGNOSTICS_PERIOD", 2.0, "MODEL.SFM.DIAGNOSTICS_PERIOD must be an int >= 0"),
         ("MSAU.DILATIONS", [], "MODEL.SFM.MSAU.DILATIONS must be a non-empty list"),
         ("MSAU.DILATIONS", [1, 0], "MODEL.SFM.MSAU.DILATIONS must be a non-empty list"),
         ("MSAU.DILATIONS", [1, 2.0], "MODEL.SFM.MSAU.DILATIONS must be a non-empty list"),

@@ -36,7 +36,8 @@ BAD_VALUES = [
 BREAKS = [None, None, None, "missing", "truncated", "empty", "no_key", "path_type", "not_dict"]
 KEYS = ["WINDOW", "FWHM", "S_MIN", "EDGE_LOSS_WEIGHT", "LR_MULTIPLIER", "GENERATOR", "NORM",
         "BACKEND", "ARS_STAGES", "MSAU.DILATIONS", "MSAU.ENABLED", "MSAU.GATED",
-        "MSAU.UPSAMPLE_METHOD"]  # fmt: skip
+        "MSAU.UPSAMPLE_METHOD", "EDGE_TARGET", "EDGE_SIGMA", "ARS_LR_MULTIPLIER", "GRADIENT_CLIP",
+        "CLIP_VALUE", "ARS_PROJECT_INIT_STD", "ARS_DETACH_GENERATOR_INPUT", "DIAGNOSTICS_PERIOD"]  # fmt: skip
 
 
 def outcome(call: Callable[[], Any], names: list[str]) -> Any:
@@ -61,7 +62,10 @@ def test_config_values(key: str, value: Any) -> None:
     accepted = outcome(lambda: validate_sfm_config(cfg) or True, [f"MODEL.SFM.{key}"])
     if accepted:  # what the config accepts, sfm_core must take too
         sfm = cfg.MODEL.SFM
-        AdaptiveResampling(8, window=sfm.WINDOW, fwhm=sfm.FWHM, s_min=sfm.S_MIN)
+        AdaptiveResampling(
+            8, window=sfm.WINDOW, fwhm=sfm.FWHM, s_min=sfm.S_MIN,
+            project_init_std=sfm.ARS_PROJECT_INIT_STD,
+        )  # fmt: skip
 
 
 def _mapper(size_divisibility: int) -> MaskFormerSemanticDatasetMapper:

@@ -57,6 +57,7 @@ def configure_solver(cfg: CfgNode) -> CfgNode:
     cfg.SOLVER.BASE_LR = BASE_LR
     cfg.SOLVER.BACKBONE_MULTIPLIER = BACKBONE_MULT
     cfg.MODEL.SFM.LR_MULTIPLIER = SFM_MULT
+    cfg.MODEL.SFM.ARS_LR_MULTIPLIER = 1.0  # tested on its own below
     cfg.SOLVER.WEIGHT_DECAY = DECAY
     cfg.SOLVER.WEIGHT_DECAY_NORM = DECAY_NORM
     cfg.SOLVER.WEIGHT_DECAY_EMBED = DECAY_EMBED
@@ -204,6 +205,93 @@ def test_full_model_clipping_needs_a_positive_value(cfg: CfgNode) -> None:
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.0
     with pytest.raises(ValueError, match="CLIP_VALUE"):
         build_optimizer(cfg, ToyModel())
+
+
+class SfmPair(nn.Module):
+    """One plain parameter ``a`` and one inside an SFM module (an LPRM's gates)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.zeros(2))
+        self.lprm = LocalPixelRelation(4, dilations=(1, 2), norm_layer=nn.BatchNorm2d)
+
+
+def sfm_clipped_step(cfg: CfgNode, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step (lr 1) with gradient [3, 0] on ``a`` and [0, 4] on the LPRM gates, the rest 0,
+    under a full-model clip of 1 and ``MODEL.SFM.GRADIENT_CLIP = mode`` (own clip value 2)."""
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+    cfg.MODEL.SFM.GRADIENT_CLIP = mode
+    cfg.MODEL.SFM.CLIP_VALUE = 2.0
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.BASE_LR = 1.0
+    cfg.SOLVER.MOMENTUM = 0.0
+    cfg.SOLVER.WEIGHT_DECAY = cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
+    model = SfmPair()
+    optimizer = build_optimizer(cfg, model)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    model.a.grad = torch.tensor([3.0, 0.0])
+    assert model.lprm.gates is not None
+    model.lprm.gates.grad = torch.tensor([0.0, 4.0])
+    optimizer.step()
+    return model.a.detach(), model.lprm.gates.detach()
+
+
+@pytest.mark.parametrize(
+    ("mode", "want_a", "want_gates"),
+    [
+        ("model", [-0.6, 0.0], [0.0, -0.8]),  # one global norm of 5, clipped to 1
+        ("separate", [-1.0, 0.0], [0.0, -2.0]),  # 3 clipped to 1, 4 clipped to 2 on its own
+        ("none", [-1.0, 0.0], [0.0, -4.0]),  # only the plain parameter is clipped
+    ],
+)
+def test_sfm_gradient_clip_modes(
+    cfg: CfgNode, mode: str, want_a: list[float], want_gates: list[float]
+) -> None:
+    a, gates = sfm_clipped_step(cfg, mode)
+    torch.testing.assert_close(a, torch.tensor(want_a))
+    torch.testing.assert_close(gates, torch.tensor(want_gates))
+
+
+def test_separate_sfm_clip_without_full_model_clipping(cfg: CfgNode) -> None:
+    """Clipping disabled: the SFM parameters are still clipped on their own when "separate"."""
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = False
+    cfg.MODEL.SFM.GRADIENT_CLIP = "separate"
+    cfg.MODEL.SFM.CLIP_VALUE = 2.0
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.BASE_LR = 1.0
+    cfg.SOLVER.MOMENTUM = 0.0
+    cfg.SOLVER.WEIGHT_DECAY = cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
+    model = SfmPair()
+    optimizer = build_optimizer(cfg, model)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    model.a.grad = torch.tensor([3.0, 0.0])
+    model.lprm.gates.grad = torch.tensor([0.0, 4.0])
+    optimizer.step()
+    torch.testing.assert_close(model.a.detach(), torch.tensor([-3.0, 0.0]))
+    torch.testing.assert_close(model.lprm.gates.detach(), torch.tensor([0.0, -2.0]))
+
+
+def test_an_unknown_sfm_clip_mode_is_refused(cfg: CfgNode) -> None:
+    cfg.MODEL.SFM.GRADIENT_CLIP = "sometimes"
+    with pytest.raises(ValueError, match=r"MODEL\.SFM\.GRADIENT_CLIP must be one of"):
+        build_optimizer(cfg, ToyModel())
+
+
+def test_ars_lr_multiplier_applies_to_ars_only(solver_cfg: CfgNode) -> None:
+    solver_cfg.MODEL.SFM.ARS_LR_MULTIPLIER = 10.0
+    model = ToyModel()
+    settings = settings_by_parameter(parameter_groups(solver_cfg, model))
+    for p in model.backbone.ars.parameters():
+        assert settings[id(p)][0] == pytest.approx(BASE_LR * SFM_MULT * 10.0)
+    for p in model.lprm.parameters():
+        assert settings[id(p)][0] == pytest.approx(BASE_LR * SFM_MULT)
+    solver_cfg.MODEL.SFM.ARS_LR_MULTIPLIER = -1.0
+    with pytest.raises(ValueError, match=r"MODEL\.SFM\.ARS_LR_MULTIPLIER"):
+        parameter_groups(solver_cfg, model)
 
 
 def scheduled_lrs(steps: int, base_lrs: tuple[float, ...] = (0.1,), **kwargs: object) -> list:

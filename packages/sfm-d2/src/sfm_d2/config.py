@@ -22,6 +22,8 @@ from sfm_core.functional.saliency import MAX_WINDOW, MIN_FWHM, MIN_S_MIN
 # (SPEC section 4). res2 follows the stem at stride 4 and stays uniform.
 ARS_STAGE_NAMES = ("res3", "res4", "res5")
 GENERATORS = ("avg-lhpf-psp", "avg-psp", "conv")
+EDGE_TARGETS = ("full", "stage")
+GRADIENT_CLIPS = ("model", "separate", "none")
 BACKENDS = ("auto", "reference", "triton")
 # Non-uniform upsampling methods (sfm_core.functional.lattice_cells.METHODS).
 UPSAMPLE_METHODS = ("quads", "triangles")
@@ -38,9 +40,30 @@ _SFM: dict[str, Any] = {
     "FWHM": 3.0,
     "S_MIN": 1e-3,
     "NORM": "BN",
-    "EDGE_LOSS_WEIGHT": 0.0,
+    # Edge guidance on, at the authors' weight (SPEC section 1 has it off by default: a documented
+    # choice, see the README). "full": target built from the full-resolution labels and read at
+    # each saliency pixel's image position; "stage": SPEC's target at the stage's resolution.
+    "EDGE_LOSS_WEIGHT": 100.0,
+    "EDGE_TARGET": "full",
+    "EDGE_SIGMA": 2.0,
     "BACKEND": "auto",
     "LR_MULTIPLIER": 1.0,
+    # ARS parameters train at BASE_LR x LR_MULTIPLIER x ARS_LR_MULTIPLIER (the samplers).
+    "ARS_LR_MULTIPLIER": 10.0,
+    # Where SFM parameters' gradients are clipped: "model" (inside SOLVER.CLIP_GRADIENTS, as any
+    # parameter; with edge guidance on, measured as good as "separate"), "separate" (their own
+    # global norm, CLIP_VALUE), "none".
+    "GRADIENT_CLIP": "model",
+    "CLIP_VALUE": 1.0,
+    # Std of the normal initialisation of the generator's last 1x1 conv. 0: SPEC's zeros (an exact
+    # identity; the layers before it get a gradient once Adam's first step has moved the conv).
+    "ARS_PROJECT_INIT_STD": 0.0,
+    # The generator reads a detached copy of the ARS input: no gradient from the generator (task
+    # or edge loss) reaches the backbone features through it.
+    "ARS_DETACH_GENERATOR_INPUT": False,
+    # ARS diagnostics (sfm_core.nn.ars_diagnostics) into detectron2's EventStorage every N
+    # training iterations (0: never).
+    "DIAGNOSTICS_PERIOD": 20,
     "MSAU": {
         "ENABLED": True,
         "DILATIONS": [1, 2, 4, 8, 16],
@@ -247,6 +270,28 @@ def validate_sfm_config(cfg: CfgNode) -> None:
         "a number >= 0",
         sfm.EDGE_LOSS_WEIGHT,
     )
+    _require(
+        sfm.EDGE_TARGET in EDGE_TARGETS, "EDGE_TARGET", f"one of {list(EDGE_TARGETS)}",
+        sfm.EDGE_TARGET,
+    )  # fmt: skip
+    for key in ("EDGE_SIGMA", "CLIP_VALUE"):
+        value = sfm[key]
+        _require(_is_number(value) and 0 < value < math.inf, key, "a positive finite number", value)
+    for key in ("ARS_LR_MULTIPLIER", "ARS_PROJECT_INIT_STD"):
+        value = sfm[key]
+        _require(_is_number(value) and 0 <= value < math.inf, key, "a number >= 0", value)
+    _require(
+        sfm.GRADIENT_CLIP in GRADIENT_CLIPS, "GRADIENT_CLIP", f"one of {list(GRADIENT_CLIPS)}",
+        sfm.GRADIENT_CLIP,
+    )  # fmt: skip
+    _require(
+        isinstance(sfm.ARS_DETACH_GENERATOR_INPUT, bool), "ARS_DETACH_GENERATOR_INPUT", "a bool",
+        sfm.ARS_DETACH_GENERATOR_INPUT,
+    )  # fmt: skip
+    _require(
+        _is_int(sfm.DIAGNOSTICS_PERIOD) and sfm.DIAGNOSTICS_PERIOD >= 0, "DIAGNOSTICS_PERIOD",
+        "an int >= 0 (0: off)", sfm.DIAGNOSTICS_PERIOD,
+    )  # fmt: skip
     _require(sfm.BACKEND in BACKENDS, "BACKEND", f"one of {list(BACKENDS)}", sfm.BACKEND)
     _require(
         _is_number(sfm.LR_MULTIPLIER) and 0 <= sfm.LR_MULTIPLIER < math.inf,

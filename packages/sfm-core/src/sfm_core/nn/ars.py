@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -43,6 +44,14 @@ class AdaptiveResampling(nn.Module):
             With BatchNorm, training needs two or more images per batch (the 1×1 pyramid bin has
             one value per image, as in PSPNet); use SyncBatchNorm or :func:`group_norm` otherwise.
         backend: op backend (see :mod:`sfm_core.ops`); ``None`` follows ``SFM_BACKEND``.
+        project_init_std: 0 (SPEC): the generator's last conv starts at zero, and the layers
+            before it get no gradient until it has moved. > 0: its weight starts normal with
+            this std (bias 0), so gradients reach the whole generator from the first step; the
+            module then starts near the identity, not exactly at it (displacements of the order
+            of ``project_init_std``, in pixels, for unit-scale features).
+        detach_generator_input: the generator reads ``x.detach()``: its gradients (the task's
+            through the grid and the edge-guidance loss's) stop at its input and do not reach
+            the layers before ARS through it; the resampled features still do.
     """
 
     def __init__(
@@ -55,17 +64,26 @@ class AdaptiveResampling(nn.Module):
         s_min: float = 1e-3,
         norm_layer: NormLayer = nn.BatchNorm2d,
         backend: str | None = None,
+        project_init_std: float = 0.0,
+        detach_generator_input: bool = False,
     ) -> None:
         super().__init__()
         self.channels = check_channels("channels", channels)
         check_saliency_settings(window, fwhm, s_min)
+        if isinstance(project_init_std, bool) or not 0 <= project_init_std < math.inf:
+            raise ValueError(f"project_init_std must be a number >= 0, got {project_init_std!r}")
         self.window, self.fwhm, self.s_min = window, float(fwhm), float(s_min)
         self.backend = check_backend(backend)
+        self.detach_generator_input = bool(detach_generator_input)
         self.generator = build_attention_generator(generator, channels, norm_layer)
+        if project_init_std > 0:
+            project = self.generator.project
+            assert isinstance(project, nn.Conv2d)  # every generator ends in one
+            nn.init.normal_(project.weight, std=float(project_init_std))
 
     def forward(self, x: torch.Tensor) -> Resampled:
         check_features("x", x, channels=self.channels, module=self, shape_hint="[B, C, H, W]")
-        logits = self.generator(x)
+        logits = self.generator(x.detach() if self.detach_generator_input else x)
         grid = ops.saliency_grid(
             logits, window=self.window, fwhm=self.fwhm, s_min=self.s_min, backend=self.backend
         )

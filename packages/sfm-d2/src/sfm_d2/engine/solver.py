@@ -3,7 +3,12 @@
 Mask2Former trains AdamW with the pretrained backbone at a tenth of the head's LR, no weight decay
 on norms, embeddings and Swin's position tables, the global gradient norm clipped to 0.01 and
 DeepLab's poly schedule (mask2former-map.md §1.10). SFM adds modules that no checkpoint has (ARS
-in the backbone, MSAU/LPRM in the head); ``MODEL.SFM.LR_MULTIPLIER`` sets their LR.
+in the backbone, MSAU/LPRM in the head); ``MODEL.SFM.LR_MULTIPLIER`` sets their LR,
+``MODEL.SFM.ARS_LR_MULTIPLIER`` multiplies it for the samplers (ARS), and
+``MODEL.SFM.GRADIENT_CLIP`` says whether their gradients share the full-model clip ("model"),
+are clipped on their own ("separate", to ``MODEL.SFM.CLIP_VALUE``) or not at all ("none").
+Mask2Former's 0.01 full-model clip is set by the head's large gradients; inside it, the small
+gradients of a fresh ARS shrink to Adam's epsilon scale and the samplers barely move.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from torch import nn
 
 from sfm_core.nn import AdaptiveResampling, LocalPixelRelation, MultiScaleAdaptiveUpsampling
+from sfm_d2.config import GRADIENT_CLIPS
 
 # Modules whose parameters (and their submodules') are SFM's: new, never in a pretrained file.
 SFM_MODULE_TYPES: tuple[type[nn.Module], ...] = (
@@ -40,14 +46,17 @@ WARMUP_METHODS = ("constant", "linear")
 
 
 def _walk(
-    module: nn.Module, prefix: str, in_backbone: bool, in_sfm: bool
-) -> Iterator[tuple[str, nn.Module, bool, bool]]:
-    """Every module with its dotted name and whether it lies inside the backbone / an SFM module."""
+    module: nn.Module, prefix: str, in_backbone: bool, in_sfm: bool, in_ars: bool
+) -> Iterator[tuple[str, nn.Module, bool, bool, bool]]:
+    """Every module with its dotted name and whether it lies inside the backbone / an SFM module
+    / an ARS."""
     in_backbone = in_backbone or "backbone" in prefix.split(".")
     in_sfm = in_sfm or isinstance(module, SFM_MODULE_TYPES)
-    yield prefix, module, in_backbone, in_sfm
+    in_ars = in_ars or isinstance(module, AdaptiveResampling)
+    yield prefix, module, in_backbone, in_sfm, in_ars
     for name, child in module.named_children():
-        yield from _walk(child, f"{prefix}.{name}" if prefix else name, in_backbone, in_sfm)
+        path = f"{prefix}.{name}" if prefix else name
+        yield from _walk(child, path, in_backbone, in_sfm, in_ars)
 
 
 def parameter_groups(cfg: CfgNode, model: nn.Module) -> list[dict[str, Any]]:
@@ -56,7 +65,9 @@ def parameter_groups(cfg: CfgNode, model: nn.Module) -> list[dict[str, Any]]:
     LR: ``SOLVER.BASE_LR``; × ``SOLVER.BACKBONE_MULTIPLIER`` inside the ``backbone`` submodule;
     parameters of SFM modules (:data:`SFM_MODULE_TYPES`, wherever they sit) take
     ``BASE_LR × MODEL.SFM.LR_MULTIPLIER`` instead, since the backbone multiplier protects
-    pretrained weights and SFM modules have none. Weight decay: ``SOLVER.WEIGHT_DECAY``;
+    pretrained weights and SFM modules have none; ARS parameters × ``MODEL.SFM.ARS_LR_MULTIPLIER``
+    on top. Groups of SFM parameters carry ``"clip": MODEL.SFM.GRADIENT_CLIP`` (the others
+    ``"model"``) and are kept apart from the others unless that is ``"model"``. Weight decay: ``SOLVER.WEIGHT_DECAY``;
     ``WEIGHT_DECAY_NORM`` for norm layers, ``WEIGHT_DECAY_EMBED`` for ``nn.Embedding``, 0 for
     Swin's relative position bias tables and absolute position embedding. Frozen parameters are
     left out. Each group lists its parameters' names under ``"param_names"`` (torch's key).
@@ -67,18 +78,22 @@ def parameter_groups(cfg: CfgNode, model: nn.Module) -> list[dict[str, Any]]:
         ("SOLVER.BASE_LR", base_lr),
         ("SOLVER.BACKBONE_MULTIPLIER", solver.BACKBONE_MULTIPLIER),
         ("MODEL.SFM.LR_MULTIPLIER", cfg.MODEL.SFM.LR_MULTIPLIER),
+        ("MODEL.SFM.ARS_LR_MULTIPLIER", cfg.MODEL.SFM.ARS_LR_MULTIPLIER),
     ):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{key} must be a number >= 0, got {value!r}")
-    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    sfm_clip = _sfm_clip(cfg)
+    groups: dict[tuple[float, float, str], dict[str, Any]] = {}
     seen: set[int] = set()
-    for prefix, module, in_backbone, in_sfm in _walk(model, "", False, False):
+    for prefix, module, in_backbone, in_sfm, in_ars in _walk(model, "", False, False, False):
         for name, parameter in module.named_parameters(recurse=False):
             if not parameter.requires_grad or id(parameter) in seen:
                 continue
             seen.add(id(parameter))
             if in_sfm:
                 lr = base_lr * cfg.MODEL.SFM.LR_MULTIPLIER
+                if in_ars:
+                    lr *= cfg.MODEL.SFM.ARS_LR_MULTIPLIER
             elif in_backbone:
                 lr = base_lr * solver.BACKBONE_MULTIPLIER
             else:
@@ -91,29 +106,54 @@ def parameter_groups(cfg: CfgNode, model: nn.Module) -> list[dict[str, Any]]:
                 decay = float(solver.WEIGHT_DECAY_EMBED)
             else:
                 decay = float(solver.WEIGHT_DECAY)
+            clip = sfm_clip if in_sfm else "model"
             group = groups.setdefault(
-                (lr, decay), {"params": [], "param_names": [], "lr": lr, "weight_decay": decay}
+                (lr, decay, clip),
+                {"params": [], "param_names": [], "lr": lr, "weight_decay": decay, "clip": clip},
             )
             group["params"].append(parameter)
             group["param_names"].append(f"{prefix}.{name}" if prefix else name)
     return list(groups.values())
 
 
-def with_full_model_clipping(
-    optimizer_type: type[torch.optim.Optimizer], max_norm: float, norm_type: float = 2.0
-) -> type[torch.optim.Optimizer]:
-    """A subclass of ``optimizer_type`` whose ``step`` first clips the global gradient norm.
+def _sfm_clip(cfg: CfgNode) -> str:
+    clip: str = cfg.MODEL.SFM.GRADIENT_CLIP
+    if clip not in GRADIENT_CLIPS:
+        raise ValueError(
+            f"MODEL.SFM.GRADIENT_CLIP must be one of {list(GRADIENT_CLIPS)}, got {clip!r}"
+        )
+    return clip
 
-    Mask2Former's ``full_model`` clipping: one norm over every parameter of every group, unlike
-    detectron2's per-parameter clipping. Under AMP, detectron2's trainer calls ``step`` through
-    ``GradScaler.step``, which unscales first, so the clipping sees real gradients.
+
+def with_full_model_clipping(
+    optimizer_type: type[torch.optim.Optimizer],
+    max_norm: float | None,
+    norm_type: float = 2.0,
+    *,
+    separate_max_norm: float | None = None,
+) -> type[torch.optim.Optimizer]:
+    """A subclass of ``optimizer_type`` whose ``step`` first clips global gradient norms.
+
+    Mask2Former's ``full_model`` clipping: one norm over every parameter of every group whose
+    ``"clip"`` entry is ``"model"`` (or absent), to ``max_norm`` (None: those are not clipped),
+    unlike detectron2's per-parameter clipping. Groups marked ``"separate"`` share a norm of
+    their own, clipped to ``separate_max_norm``; groups marked ``"none"`` are left alone. Under
+    AMP, detectron2's trainer calls ``step`` through ``GradScaler.step``, which unscales first,
+    so the clipping sees real gradients.
     """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
+    for name, value in (("max_norm", max_norm), ("separate_max_norm", separate_max_norm)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
 
     def step(self: torch.optim.Optimizer, closure: Any = None) -> Any:
-        parameters = [p for group in self.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
+        for clip, limit in (("model", max_norm), ("separate", separate_max_norm)):
+            if limit is None:
+                continue
+            parameters = [
+                p for g in self.param_groups if g.get("clip", "model") == clip for p in g["params"]
+            ]
+            if parameters:
+                torch.nn.utils.clip_grad_norm_(parameters, limit, norm_type=norm_type)
         return optimizer_type.step(self, closure)
 
     return type(f"FullModelClipped{optimizer_type.__name__}", (optimizer_type,), {"step": step})
@@ -123,7 +163,8 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     """``SOLVER.OPTIMIZER`` (ADAMW or SGD) over :func:`parameter_groups`, with gradient clipping.
 
     ``SOLVER.CLIP_GRADIENTS`` with ``CLIP_TYPE: "full_model"`` clips the global norm to
-    ``CLIP_VALUE`` (:func:`with_full_model_clipping`); the other clip types are detectron2's.
+    ``CLIP_VALUE`` (:func:`with_full_model_clipping`), SFM parameters as ``MODEL.SFM.GRADIENT_CLIP``
+    says; the other clip types are detectron2's per-parameter clipping, for every parameter alike.
     """
     name = str(cfg.SOLVER.OPTIMIZER).upper()
     if name not in OPTIMIZERS:
@@ -139,15 +180,21 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     else:
         optimizer_type = torch.optim.AdamW
     clip = cfg.SOLVER.CLIP_GRADIENTS
+    sfm_clip = _sfm_clip(cfg)
+    separate = float(cfg.MODEL.SFM.CLIP_VALUE) if sfm_clip == "separate" else None
     if clip.ENABLED and clip.CLIP_TYPE == "full_model":
         if not clip.CLIP_VALUE > 0:
             raise ValueError(
                 f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be > 0 for full_model clipping, "
                 f"got {clip.CLIP_VALUE!r}"
             )
-        optimizer_type = with_full_model_clipping(optimizer_type, clip.CLIP_VALUE, clip.NORM_TYPE)
-    else:
+        optimizer_type = with_full_model_clipping(
+            optimizer_type, clip.CLIP_VALUE, clip.NORM_TYPE, separate_max_norm=separate
+        )
+    elif clip.ENABLED:  # detectron2's per-parameter clipping treats every parameter alike
         optimizer_type = maybe_add_gradient_clipping(cfg, optimizer_type)
+    elif separate is not None:
+        optimizer_type = with_full_model_clipping(optimizer_type, None, separate_max_norm=separate)
     return optimizer_type(groups, **kwargs)
 
 

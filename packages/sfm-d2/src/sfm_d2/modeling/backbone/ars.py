@@ -40,4 +40,6 @@ def build_ars(cfg: CfgNode, stage: str, channels: int) -> nn.Module:
             s_min=sfm.S_MIN,
             norm_layer=pyramid_norm(sfm.NORM),
             backend=ops_backend(cfg),
+            project_init_std=sfm.ARS_PROJECT_INIT_STD,
+            detach_generator_input=sfm.ARS_DETACH_GENERATOR_INPUT,
         )

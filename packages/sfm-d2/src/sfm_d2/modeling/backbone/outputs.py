@@ -9,6 +9,10 @@ extra entries pass through them untouched.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import torch
+
 POSITIONS_SUFFIX = "_positions"
 ARS_LOGITS_SUFFIX = "_ars_logits"
 
@@ -26,3 +30,25 @@ def ars_logits_key(stage: str) -> str:
 def is_feature_key(key: str) -> bool:
     """True for a feature map's key, False for the positions / ARS-logit entries."""
     return not key.endswith((POSITIONS_SUFFIX, ARS_LOGITS_SUFFIX))
+
+
+def ars_stages(features: Mapping[str, torch.Tensor]) -> list[str]:
+    """The stages whose ARS ran, from a backbone's output dict (sorted: res3, res4, res5)."""
+    return sorted(k[: -len(ARS_LOGITS_SUFFIX)] for k in features if k.endswith(ARS_LOGITS_SUFFIX))
+
+
+def ars_input_positions(features: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
+    """Image positions ``[B, 2, H, W]`` of the map the ARS before ``stage`` resamples.
+
+    In all three backbones that map is the output of the level before ``stage`` (ResNet: ARS on
+    the input of the stage; Swin, ConvNeXt: on the previous stage's output after its tap), so
+    its positions are that level's. The backbone must return that level.
+    """
+    previous = f"res{int(stage[3:]) - 1}"
+    key = positions_key(previous)
+    if key not in features:
+        raise ValueError(
+            f"the backbone output has no {key!r}, the image positions of the ARS input of "
+            f"{stage}: add {previous!r} to the backbone's OUT_FEATURES"
+        )
+    return features[key]

@@ -13,6 +13,7 @@ cropped and resized to the dataset dict's ``height × width``: ``[K, height, wid
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,10 +23,13 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
+from detectron2.utils.events import EventStorage, get_event_storage
 from torch import nn
 
-from sfm_core.nn import edge_guidance_loss
-from sfm_d2.modeling.backbone.outputs import ARS_LOGITS_SUFFIX
+from sfm_core import ops
+from sfm_core.nn import ars_diagnostics, edge_guidance_loss, label_detail
+from sfm_d2.config import EDGE_TARGETS
+from sfm_d2.modeling.backbone.outputs import ars_input_positions, ars_logits_key, ars_stages
 from sfm_d2.modeling.mask2former.criterion import SetCriterion
 from sfm_d2.modeling.mask2former.matcher import HungarianMatcher
 
@@ -42,6 +46,14 @@ def loss_weights(cfg: CfgNode) -> dict[str, float]:
         for i in range(mf.DEC_LAYERS - 1):
             weights.update({f"{k}_{i}": v for k, v in base.items()})
     return weights
+
+
+def current_storage() -> EventStorage | None:
+    """detectron2's current ``EventStorage``, None outside a trainer (a plain forward)."""
+    try:
+        return get_event_storage()
+    except AssertionError:  # detectron2 asserts that a storage is open
+        return None
 
 
 @META_ARCH_REGISTRY.register()
@@ -70,6 +82,9 @@ class SFMMaskFormer(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         edge_loss_weight: float = 0.0,
+        edge_target: str = "full",
+        edge_sigma: float = 2.0,
+        diagnostics_period: int = 0,
         ignore_value: int = 255,
         postprocess_before_inference: bool = False,
         inference_chunk: int = 16,
@@ -86,6 +101,13 @@ class SFMMaskFormer(nn.Module):
             size_divisibility = int(backbone.size_divisibility)
         self.size_divisibility = size_divisibility
         self.edge_loss_weight = float(edge_loss_weight)
+        if edge_target not in EDGE_TARGETS:
+            raise ValueError(
+                f"edge_target must be one of {list(EDGE_TARGETS)}, got {edge_target!r}"
+            )
+        self.edge_target = edge_target
+        self.edge_sigma = float(edge_sigma)
+        self.diagnostics_period = int(diagnostics_period)
         self.ignore_value = ignore_value
         self.postprocess_before_inference = postprocess_before_inference
         self.inference_chunk = inference_chunk
@@ -129,6 +151,9 @@ class SFMMaskFormer(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "edge_loss_weight": cfg.MODEL.SFM.EDGE_LOSS_WEIGHT,
+            "edge_target": cfg.MODEL.SFM.EDGE_TARGET,
+            "edge_sigma": cfg.MODEL.SFM.EDGE_SIGMA,
+            "diagnostics_period": cfg.MODEL.SFM.DIAGNOSTICS_PERIOD,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "postprocess_before_inference": mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
         }
@@ -156,6 +181,7 @@ class SFMMaskFormer(nn.Module):
             edge = self.edge_loss(features, batched_inputs, images)
             if edge is not None:
                 losses["loss_edge"] = edge * self.edge_loss_weight
+        self.log_ars_diagnostics(features, batched_inputs, images)
         return losses
 
     def preprocess_image(self, batched_inputs: Sequence[Mapping[str, Any]]) -> ImageList:
@@ -187,23 +213,76 @@ class SFMMaskFormer(nn.Module):
         batched_inputs: Sequence[Mapping[str, Any]],
         images: ImageList,
     ) -> torch.Tensor | None:
-        """Mean edge-guidance loss over the ARS stages that ran (None when none did)."""
-        logits = [v for k, v in sorted(features.items()) if k.endswith(ARS_LOGITS_SUFFIX)]
-        if not logits:
+        """Mean edge-guidance loss over the ARS stages that ran (None when none did).
+
+        ``edge_target == "full"``: each stage's target comes from the full-resolution labels,
+        read at the image positions of its saliency pixels (the composite positions of the
+        level before the stage, which is the ARS input).
+        """
+        stages = ars_stages(features)
+        if not stages:
             return None
+        labels = self.padded_labels(batched_inputs, "MODEL.SFM.EDGE_LOSS_WEIGHT > 0")
+        total = torch.zeros((), device=self.device)
+        for stage in stages:
+            positions = ars_input_positions(features, stage) if self.edge_target == "full" else None
+            total = total + edge_guidance_loss(
+                features[ars_logits_key(stage)],
+                labels,
+                ignore_index=self.ignore_value,
+                sigma=self.edge_sigma,
+                positions=positions,
+            )
+        return total / len(stages)
+
+    def padded_labels(self, batched_inputs: Sequence[Mapping[str, Any]], needed_by: str) -> Any:
+        """The batch's ``sem_seg`` ``[B, H_pad, W_pad]``, padded with the ignore value."""
         for i, x in enumerate(batched_inputs):
             if "sem_seg" not in x:
                 raise ValueError(
-                    f"batched_inputs[{i}] has no 'sem_seg', which MODEL.SFM.EDGE_LOSS_WEIGHT > 0 "
-                    "needs (the semantic dataset mapper keeps it)"
+                    f"batched_inputs[{i}] has no 'sem_seg', which {needed_by} needs (the "
+                    "semantic dataset mapper keeps it)"
                 )
-        labels = ImageList.from_tensors(
+        return ImageList.from_tensors(
             [x["sem_seg"].to(self.device) for x in batched_inputs],
             self.size_divisibility,
             pad_value=float(self.ignore_value),
         ).tensor
-        total = sum(edge_guidance_loss(a, labels, ignore_index=self.ignore_value) for a in logits)
-        return total / len(logits)  # type: ignore[no-any-return]
+
+    @torch.no_grad()
+    def log_ars_diagnostics(
+        self,
+        features: Mapping[str, torch.Tensor],
+        batched_inputs: Sequence[Mapping[str, Any]],
+        images: ImageList,
+    ) -> None:
+        """Every ``diagnostics_period`` iterations, put each ARS's diagnostics
+        (:func:`sfm_core.nn.ars_diagnostics`) into the current ``EventStorage`` as
+        ``ars/<stage>/<name>``; detail is :func:`sfm_core.nn.label_detail` of the full-resolution
+        labels. Nothing without a storage (a plain forward) or without ARS."""
+        storage = current_storage()
+        period = self.diagnostics_period
+        if storage is None or period <= 0 or storage.iter % period:
+            return
+        stages = ars_stages(features)
+        if not stages or any("sem_seg" not in x for x in batched_inputs):
+            return
+        detail = label_detail(
+            self.padded_labels(batched_inputs, "the ARS diagnostics"),
+            ignore_index=self.ignore_value,
+        )
+        ars_modules = self.backbone.ars
+        for stage in stages:
+            module = ars_modules[stage]
+            logits = features[ars_logits_key(stage)]
+            grid = ops.saliency_grid(
+                logits, window=module.window, fwhm=module.fwhm, s_min=module.s_min,
+                backend=module.backend,
+            )  # fmt: skip
+            found = ars_diagnostics(grid, logits, detail, ars_input_positions(features, stage))
+            for name, value in found.as_dict().items():
+                if math.isfinite(value):
+                    storage.put_scalar(f"ars/{stage}/{name}", value, smoothing_hint=False)
 
     def semantic_results(
         self,
