@@ -30,6 +30,13 @@ nox.options.sessions = [
 ]
 
 
+def fresh_compile_cache(session: nox.Session) -> None:
+    """Give torch.compile a cache of this run's own: inductor's default /tmp cache outlives
+    clones and can hand back a graph compiled against an older schema of our custom ops."""
+    session.env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(session.create_tmp()) / "inductor")
+    session.env["TRITON_CACHE_DIR"] = str(Path(session.create_tmp()) / "triton")
+
+
 def install(session: nox.Session, *requirements: str) -> None:
     """Install local packages and their requirements in one pinned resolver call."""
     session.install("-c", CONSTRAINTS, *requirements)
@@ -53,6 +60,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(name="tests-core", python=PYTHON)
 def tests_core(session: nox.Session) -> None:
     """sfm-core installed alone with its test extras: proves it needs nothing else."""
+    fresh_compile_cache(session)
     install(session, f"{CORE}[test]")
     session.run("pytest", "packages/sfm-core/tests", *session.posargs)
 
@@ -64,6 +72,7 @@ TRITON_ROOT_TESTS = ["tests/test_backend_dispatch.py", "tests/test_training_pari
 @nox.session(name="tests-triton", python=PYTHON)
 def tests_triton(session: nox.Session) -> None:
     """Every Triton kernel on CPU under Triton's interpreter (set before anything imports it)."""
+    fresh_compile_cache(session)
     session.env["TRITON_INTERPRET"] = "1"
     session.env["SFM_TRITON_REQUIRE_RUNTIME"] = "1"  # a missing runtime fails instead of skipping
     install(session, f"{CORE}[test]", f"{TRITON}[test]", "fvcore")
@@ -101,6 +110,7 @@ def tests_d2(session: nox.Session) -> None:
     cached under .cache/detectron2/ (keyed by the sdist's sha256 and the Python version). Its
     build runs detectron2's setup.py, which imports torch, so torch goes in first.
     """
+    fresh_compile_cache(session)
     wheel = detectron2_wheel(session)
     install(session, CORE, TRITON, f"{D2}[test]", wheel)
     # tests/test_project_configs.py: every yaml under projects/ loads and builds (needs detectron2).
@@ -140,6 +150,7 @@ def tests_d2_main(session: nox.Session) -> None:
     Same pins as tests-d2; only detectron2 differs (commit 02b5c4e with the C++ extension). The
     first run compiles it (minutes); later runs, from any clone, reuse the cached wheel.
     """
+    fresh_compile_cache(session)
     wheel = detectron2_main_wheel(session)
     install(session, CORE, f"{D2}[test]", wheel)
     session.run(
@@ -200,6 +211,7 @@ def tests_newest(session: nox.Session) -> None:
     pkg_resources). detectron2's main branch, which users who build from source get, is tested
     by tests-d2-main; with setuptools>=82 it needs the pkg_resources stand-in too.
     """
+    fresh_compile_cache(session)
     session.env["TRITON_INTERPRET"] = "1"
     session.env["SFM_TRITON_REQUIRE_RUNTIME"] = "1"
     wheel = detectron2_wheel(session)
