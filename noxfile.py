@@ -1,7 +1,7 @@
 """Every environment of the repo: `nox` runs the default sessions (the README's test command).
 
 Environments are built with uv from `constraints.txt` (uv ignores this machine's pip.conf, which
-would pick a CPU-only torch that PyPI's torchvision cannot load; DESIGN.md section 3).
+would pick a CPU-only torch that PyPI's torchvision cannot load; see the Quickstart in README.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 For each timm model (random weights, training mode, batch 2, 224x224, float32) the script wraps a
 copy with ``insert_ars(model, "auto")``: one ARS before each of the three stride-2 stage
-transitions after the stem (SPEC section 4), the default "avg-lhpf-psp" generator. The wrapped
+transitions after the stem (METHOD.md §4), the default "avg-lhpf-psp" generator. The wrapped
 model runs twice per round: on the reference ops (``SFM_BACKEND=reference``) and on the default
 backend, which for CPU tensors is sfm-core's ``cpu`` backend (``sfm_core.cpu``: numba kernels
 when installed). It prints one table: the median time of a training step (forward, ``sum()`` of

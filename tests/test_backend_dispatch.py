@@ -1,4 +1,4 @@
-"""sfm-core's public ops dispatch to the triton plug-in exactly when asked (DESIGN.md section 2).
+"""sfm-core's public ops dispatch to the triton plug-in exactly when asked (packages/sfm-core/README.md, backends).
 
 Runs where the kernels can: on CUDA, or on CPU under ``TRITON_INTERPRET=1`` (the tests-triton
 nox session).

@@ -4,7 +4,7 @@
 # Why: detectron2 is not on PyPI, and the only sdist of upstream v0.6 there (pb1-detectron2) lacks
 # the C++ sources, so `pip install` of it fails. Its Python code is upstream v0.6; this script
 # packs that code, the model-zoo yaml files (which the sdist's setup.py misses) and a stub
-# `detectron2/_C.py` (tools/detectron2_C_stub.py) into a wheel. See DESIGN.md section 3.
+# `detectron2/_C.py` (tools/detectron2_C_stub.py) into a wheel. See packages/sfm-d2/README.md (detectron2).
 #
 # Usage: [PYTHON=python3.11] tools/build_detectron2_wheel.sh [OUTDIR]
 #   PYTHON  the interpreter the wheel is for; it needs torch (detectron2's setup.py imports it),

@@ -1,4 +1,4 @@
-"""aliasing_ratio (SPEC section 5): known signals, the full-plane definition, options, bad input."""
+"""aliasing_ratio (METHOD.md §5): known signals, the full-plane definition, options, bad input."""
 
 from __future__ import annotations
 

@@ -129,7 +129,7 @@ def test_positions_are_traced_per_site(kind: str) -> None:
 
 def test_positions_per_level_of_a_multi_level_backbone() -> None:
     """Level i of a backbone that returns every stage: uniform before the first site, then the
-    positions of the last site it depends on, resized to its size (SPEC section 2)."""
+    positions of the last site it depends on, resized to its size (METHOD.md §2)."""
     _, wrapper = build("resnet")
     nudge(wrapper)
     x = torch.randn(2, 3, 45, 61, dtype=torch.float64)

@@ -74,7 +74,7 @@ def wrapped_two_level(dtype: torch.dtype = torch.float64, stem: bool = True) -> 
 
 
 def test_composite_positions_by_hand() -> None:
-    """Positions of both sites and of every output level follow SPEC section 2, computed here
+    """Positions of both sites and of every output level follow METHOD.md §2, computed here
     with grid_sample and interpolate directly; both branches of block1 see one warped map."""
     wrapper = wrapped_two_level(stem=False)
     image = torch.randn(2, 2, 20, 28, dtype=torch.float64)

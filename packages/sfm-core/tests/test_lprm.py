@@ -1,4 +1,4 @@
-"""lprm_aggregate: the dilated 3x3 dynamic aggregation of SPEC section 3.2."""
+"""lprm_aggregate: the dilated 3x3 dynamic aggregation of METHOD.md §3.2."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""AdaptiveResampling (SPEC section 1): identity at init, equal to the reference ops, gradients."""
+"""AdaptiveResampling (METHOD.md §1): identity at init, equal to the reference ops, gradients."""
 
 from __future__ import annotations
 

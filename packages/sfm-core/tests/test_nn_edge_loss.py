@@ -1,4 +1,4 @@
-"""Edge-guidance loss (SPEC section 1, option): saliency pulled towards label boundaries."""
+"""Edge-guidance loss (METHOD.md §1, option): saliency pulled towards label boundaries."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attention generators of ARS (SPEC section 1.1): formula, zero initialisation, parameter count."""
+"""Attention generators of ARS (METHOD.md §1, step 1): formula, zero initialisation, parameter count."""
 
 from __future__ import annotations
 

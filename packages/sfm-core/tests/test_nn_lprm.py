@@ -1,4 +1,4 @@
-"""LocalPixelRelation cascade (SPEC section 3.2): structure, identity at init, gating."""
+"""LocalPixelRelation cascade (METHOD.md §3.2): structure, identity at init, gating."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def randomize(module: nn.Module) -> None:
 def manual_cascade(
     lprm: LocalPixelRelation, values: torch.Tensor, guide: torch.Tensor
 ) -> torch.Tensor:
-    """The SPEC's formula written out, for a module built with ``norm_layer=nn.Identity``."""
+    """METHOD.md §3.2's formula written out, for a module built with ``norm_layer=nn.Identity``."""
     relation = F.conv2d(guide, lprm.seed[0].weight, padding=1).relu()
     out = values
     for step, dilation in enumerate(lprm.dilations):
@@ -144,7 +144,7 @@ def test_parameter_count(guide_channels: int) -> None:
     steps = 5 * (9 * 9 * 9 + 2 * 9 + 1)  # per dilation: 3x3 conv 9->9, BN, gate
     count = sum(p.numel() for p in LocalPixelRelation(guide_channels).parameters())
     assert count == seed + steps
-    if guide_channels == 19:  # a Cityscapes logit map as guide: "LPRM under 10 k" (SPEC 6)
+    if guide_channels == 19:  # a Cityscapes logit map as guide: "LPRM under 10 k" (METHOD.md §6)
         assert count < 10_000
 
 

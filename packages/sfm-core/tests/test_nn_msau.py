@@ -1,4 +1,4 @@
-"""MultiScaleAdaptiveUpsampling (SPEC section 3): demodulation then the LPRM cascade."""
+"""MultiScaleAdaptiveUpsampling (METHOD.md §3): demodulation then the LPRM cascade."""
 
 from __future__ import annotations
 

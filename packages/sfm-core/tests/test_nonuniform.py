@@ -1,7 +1,7 @@
-"""Non-uniform upsampling (SPEC 3.1): rasterize + gather, against exact and scipy references.
+"""Non-uniform upsampling (METHOD.md §3.1): rasterize + gather, against exact and scipy references.
 
 The default method (``"quads"``) is pinned against bilinear resizing and exact linear functions;
-SPEC 3.1's ``"triangles"`` against scipy's Delaunay interpolation and its nearest fallback.
+METHOD.md §3.1's ``"triangles"`` against scipy's Delaunay interpolation and its nearest fallback.
 """
 
 from __future__ import annotations

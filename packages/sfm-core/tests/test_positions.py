@@ -1,4 +1,4 @@
-"""Composite-grid bookkeeping of SPEC section 2."""
+"""Composite-grid bookkeeping of METHOD.md §2."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""saliency_grid: the properties SPEC section 1 pins down."""
+"""saliency_grid: the properties METHOD.md §1 pins down."""
 
 from __future__ import annotations
 

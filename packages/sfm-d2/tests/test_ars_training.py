@@ -104,7 +104,7 @@ def test_project_init_std_lets_gradients_reach_the_whole_generator() -> None:
         torch.stack(list(losses.values())).sum().backward()
         branch = model.backbone.ars["res3"].generator.context.branches[0][1].weight
         grads[std] = branch.grad.abs().sum()
-    assert grads[0.0] == 0  # SPEC's zero init: nothing before the last conv learns at first
+    assert grads[0.0] == 0  # zero init (METHOD.md §1): nothing before the last conv learns at first
     assert grads[1e-3] > 0
 
 

@@ -271,7 +271,7 @@ def test_grid_aware_switches_are_no_ops_on_a_uniform_lattice(switch: str) -> Non
 
 
 def test_triangle_upsampling_is_not_a_no_op_on_a_uniform_lattice() -> None:
-    """SPEC 3.1's triangles are not bilinear: the reason ``"quads"`` is the default."""
+    """METHOD.md §3.1's triangles are not bilinear: the reason ``"quads"`` is the default."""
     switches = [x for s in SWITCHES for x in (f"MODEL.SFM.MASK2FORMER.{s}", False)]
     off = build(tiny_cfg(*switches))
     on = build(

@@ -81,13 +81,13 @@ def test_parameters_and_shapes_from_yaml(name: str) -> None:
     assert shapes == plain.output_shape()
     assert list(shapes) == LEVELS
     assert [shapes[f].stride for f in LEVELS] == STRIDES.get(name, [4, 8, 16, 32])
-    # ARS before res3, res4, res5 on the previous level's channels: C² + 13C + 1 each (SPEC §1).
+    # ARS before res3, res4, res5 on the previous level's channels: C² + 13C + 1 each (METHOD.md §1).
     inputs = [shapes[f].channels for f in LEVELS[:3]]
     assert parameters(sfm, ars=True) == sum(c * c + 13 * c + 1 for c in inputs)
 
 
 def test_ars_overhead_is_what_the_spec_says() -> None:
-    # SPEC §6: ≈1.4 M parameters on ResNet-50, ≈0.2 M on the Tiny backbones.
+    # METHOD.md §6: ≈1.4 M parameters on ResNet-50, ≈0.2 M on the Tiny backbones.
     with torch.device("meta"):
         r50 = build_backbone(load("sfm_R50.yaml"))
         tiny = [build_backbone(load(n)) for n in ("sfm_swin_tiny.yaml", "sfm_convnext_tiny.yaml")]

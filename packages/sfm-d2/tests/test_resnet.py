@@ -112,7 +112,7 @@ def test_ars_parameters_are_named_and_counted(cfg: CfgNode) -> None:
     ars = {n: p.numel() for n, p in sfm.named_parameters() if n not in plain_names}
     assert all(n.startswith(("ars.res3.", "ars.res4.", "ars.res5.")) for n in ars)
     assert {n.split(".")[1] for n in ars} == {"res3", "res4", "res5"}
-    # SPEC section 1: about C² + 13C per module; R50's stages take 256, 512, 1024 channels.
+    # METHOD.md §1: about C² + 13C per module; R50's stages take 256, 512, 1024 channels.
     expected = sum(c * c + 13 * c for c in (256, 512, 1024))
     assert abs(sum(ars.values()) - expected) <= 16
     assert 1.3e6 < sum(ars.values()) < 1.5e6

@@ -1,6 +1,6 @@
 """The Triton rasterize / gather / nonuniform_upsample against the reference, on tiny lattices.
 
-Both methods: ``"quads"`` (the default, 4 taps) and ``"triangles"`` (SPEC 3.1, 3 taps).
+Both methods: ``"quads"`` (the default, 4 taps) and ``"triangles"`` (METHOD.md §3.1, 3 taps).
 Rasterize decides containment in float64 with the reference's formula, but a pixel centre exactly
 on a shared edge may legitimately go to either cell when the last bits differ. So indices are
 compared where the reference's owner triangle is unambiguous (all weights clearly positive, or a

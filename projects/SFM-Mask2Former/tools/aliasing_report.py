@@ -4,7 +4,7 @@
     python tools/aliasing_report.py --config-file CONFIG.yaml --weights model_final.pth \
         [--dataset sfm_finedetail_val] [--limit 64]
 
-The ratio (SPEC section 5) is the share of the power spectrum beyond the Nyquist line of the
+The ratio (METHOD.md §5) is the share of the power spectrum beyond the Nyquist line of the
 layer's stride, averaged over the images; images or ``--input`` files are resized as at test time.
 """
 

@@ -5,7 +5,7 @@
         --input a.png --output grids/            # or --dataset NAME --limit 4
 
 Writes ``<output>/<image>_sampling_grid_<stage>.png`` and ``<image>_saliency_<stage>.png`` per ARS
-(the grid in image coordinates: every earlier ARS composed in, SPEC section 2).
+(the grid in image coordinates: every earlier ARS composed in, METHOD.md §2).
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def lprm_aggregate(
     """See :func:`sfm_core.functional.lprm_aggregate`.
 
     ``gate``: a scalar tensor ``α``; the result is then the gated residual
-    ``v + α (lprm_aggregate(v, logits, dilation) − v)`` of LPRM (SPEC section 3.2), which a
+    ``v + α (lprm_aggregate(v, logits, dilation) − v)`` of LPRM (METHOD.md §3.2), which a
     backend with the op ``lprm_gated_aggregate`` runs as one aggregation (the gate folded into
     the weights); others compose it.
     """

@@ -19,7 +19,7 @@ from sfm_core._checks import MAX_INT
 from sfm_core.functional.saliency import MAX_WINDOW, MIN_FWHM, MIN_S_MIN
 
 # Stages whose input may pass through ARS: the three stride-2 transitions after the stem
-# (SPEC section 4). res2 follows the stem at stride 4 and stays uniform.
+# (METHOD.md §4). res2 follows the stem at stride 4 and stays uniform.
 ARS_STAGE_NAMES = ("res3", "res4", "res5")
 GENERATORS = ("avg-lhpf-psp", "avg-psp", "conv")
 EDGE_TARGETS = ("full", "stage")
@@ -40,9 +40,9 @@ _SFM: dict[str, Any] = {
     "FWHM": 3.0,
     "S_MIN": 1e-3,
     "NORM": "BN",
-    # Edge guidance on, at the authors' weight (SPEC section 1 has it off by default: a documented
+    # Edge guidance on, at the authors' weight (METHOD.md §1 has it off by default: a documented
     # choice, see the README). "full": target built from the full-resolution labels and read at
-    # each saliency pixel's image position; "stage": SPEC's target at the stage's resolution.
+    # each saliency pixel's image position; "stage": the target of METHOD.md §1 at the stage's resolution.
     "EDGE_LOSS_WEIGHT": 100.0,
     "EDGE_TARGET": "full",
     "EDGE_SIGMA": 2.0,
@@ -55,7 +55,7 @@ _SFM: dict[str, Any] = {
     # global norm, CLIP_VALUE), "none".
     "GRADIENT_CLIP": "model",
     "CLIP_VALUE": 1.0,
-    # Std of the normal initialisation of the generator's last 1x1 conv. 0: SPEC's zeros (an exact
+    # Std of the normal initialisation of the generator's last 1x1 conv. 0: zeros as in METHOD.md §1 (an exact
     # identity; the layers before it get a gradient once Adam's first step has moved the conv).
     "ARS_PROJECT_INIT_STD": 0.0,
     # The generator reads a detached copy of the ARS input: no gradient from the generator (task

@@ -1,4 +1,4 @@
-"""Aliasing analysis (SPEC section 5): aliasing ratio, radial power spectrum, model report, and
+"""Aliasing analysis (METHOD.md §5): aliasing ratio, radial power spectrum, model report, and
 the grid controls that separate ARS's modulation from interpolation blur.
 
 Plots live in :mod:`sfm_core.analysis.plots` (needs the ``plot`` extra, matplotlib).

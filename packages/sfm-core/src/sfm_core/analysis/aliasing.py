@@ -1,4 +1,4 @@
-"""The aliasing ratio (SPEC section 5): the share of a map's spectrum that a stride-s layer folds.
+"""The aliasing ratio (METHOD.md §5): the share of a map's spectrum that a stride-s layer folds.
 
 For a feature map X ``[C, H, W]`` entering a layer of stride s: remove each channel's spatial mean,
 take ``P(u, v) = sum_c |FFT2(X_c)(u, v)|^2`` with ``u, v`` in cycles/pixel in ``[-0.5, 0.5)``, and
@@ -7,7 +7,7 @@ beyond the Nyquist frequency of the downsampled grid.
 
 Conventions:
 * Frequencies exactly on the Nyquist line (``|u| = 1/(2s)``) are *not* in the band (strict
-  ``>``, as in the SPEC); band membership is decided in integers, so this holds exactly.
+  ``>``, as in METHOD.md §5); band membership is decided in integers, so this holds exactly.
 * A map without signal (every channel constant, up to float64 rounding) has AR = 0: there is
   nothing to fold. Constant channels also carry no weight in ``reduction="mean"``.
 * Computed in float64 whatever the input dtype, one image at a time.
@@ -84,10 +84,10 @@ def aliasing_ratio(
     Args:
         x: ``[C, H, W]`` (one image) or ``[B, C, H, W]``; finite, any floating dtype.
         stride: the layer's stride, an int or ``(sy, sx)``; the Nyquist line is ``1/(2s)``.
-        spectrum: ``"power"`` sums ``|F|^2`` (the SPEC); ``"amplitude"`` sums ``|F|``.
-        band: ``"square"`` (the SPEC, the square pass band of the downsampled grid) or
+        spectrum: ``"power"`` sums ``|F|^2`` (METHOD.md §5); ``"amplitude"`` sums ``|F|``.
+        band: ``"square"`` (METHOD.md §5, the square pass band of the downsampled grid) or
             ``"radial"`` (everything outside the disc of radius ``1/(2s)``).
-        reduction: ``"sum"`` (the SPEC) is the ratio of the channel-summed spectrum;
+        reduction: ``"sum"`` (METHOD.md §5) is the ratio of the channel-summed spectrum;
             ``"mean"`` is the mean over non-constant channels of each channel's own ratio.
 
     Returns:

@@ -1,7 +1,7 @@
 """Model-level aliasing report: the aliasing ratio at the input of every downsampling layer.
 
 Forward pre-hooks capture what enters each chosen layer, the ratio is taken with that layer's own
-stride, and each layer's ratios are averaged over every image of every batch (SPEC section 5).
+stride, and each layer's ratios are averaged over every image of every batch (METHOD.md §5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Power spectra of feature maps (SPEC section 5): the quantity the aliasing ratio is built on.
+"""Power spectra of feature maps (METHOD.md §5): the quantity the aliasing ratio is built on.
 
 Everything runs in float64 on a real FFT (``rfft2``): a real map's spectrum is symmetric, so the
 half plane with each column counted by its multiplicity carries the full plane's sums. Each

@@ -1,4 +1,4 @@
-"""ARS's smoothing and high-pass steps (SPEC section 1, steps 1a and 1b) as one op."""
+"""ARS's smoothing and high-pass steps (METHOD.md §1, steps 1a and 1b) as one op."""
 
 from __future__ import annotations
 

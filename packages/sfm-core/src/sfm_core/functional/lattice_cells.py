@@ -15,7 +15,7 @@ Two methods, named by ``method=`` of :func:`~sfm_core.functional.rasterize`:
   only varies along the edge. On a uniform lattice (pixel centres) this is exactly bilinear
   resizing with ``align_corners=False`` and its border clamp; it reproduces values linear in
   position inside the lattice hull.
-* ``"triangles"`` (SPEC 3.1): each lattice cell split along its shorter diagonal (in target
+* ``"triangles"`` (METHOD.md §3.1): each lattice cell split along its shorter diagonal (in target
   pixels) into two triangles, barycentric weights on 3 taps, no ring. Not bilinear on a uniform
   lattice (every cell is split along the same diagonal).
 

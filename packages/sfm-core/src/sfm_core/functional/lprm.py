@@ -1,4 +1,4 @@
-"""One local-pixel-relation step: a dilated 3x3 dynamic aggregation (SPEC section 3.2)."""
+"""One local-pixel-relation step: a dilated 3x3 dynamic aggregation (METHOD.md §3.2)."""
 
 from __future__ import annotations
 

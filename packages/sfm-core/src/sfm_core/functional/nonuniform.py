@@ -1,9 +1,9 @@
-"""Non-uniform upsampling: demodulation of a warped lattice onto the uniform grid (SPEC 3.1).
+"""Non-uniform upsampling: demodulation of a warped lattice onto the uniform grid (METHOD.md §3.1).
 
 Every target pixel centre takes a blend of the lattice values of the cell that contains it (the
 lowest cell id wins on shared edges): by default bilinear within the lattice quads, whose hull
 is extended to the target's edge pixel centres (exactly bilinear resizing on a uniform lattice);
-``method="triangles"`` is SPEC 3.1's split of every cell into two triangles
+``method="triangles"`` is METHOD.md §3.1's split of every cell into two triangles
 (:mod:`sfm_core.functional.lattice_cells` has both). A pixel no cell covers takes the value of
 the nearest lattice point. ``rasterize`` finds indices and weights, ``gather`` applies them.
 """
@@ -51,7 +51,7 @@ def rasterize(
         positions: ``[B, 2, h, w]`` normalized image positions (x, y) of the lattice points.
         size: target ``(Ho, Wo)``; target pixel ``(i, j)`` sits at ``((j + .5)/Wo, (i + .5)/Ho)``.
         method: ``"quads"`` (bilinear in the extended lattice's quads, 4 taps) or
-            ``"triangles"`` (SPEC 3.1, barycentric, 3 taps); see
+            ``"triangles"`` (METHOD.md §3.1, barycentric, 3 taps); see
             :mod:`sfm_core.functional.lattice_cells`.
 
     Returns:
@@ -318,10 +318,10 @@ def nonuniform_upsample(
 
     ``method="quads"`` (default): bilinear within the lattice quads, the hull extended to the
     target's edge pixel centres, so that a uniform lattice gives exactly
-    ``F.interpolate(z, size, mode="bilinear", align_corners=False)``; ``"triangles"``: SPEC
-    3.1's piecewise-linear interpolation on the lattice triangles. Gradient flows to ``z`` only.
-    Batch 0 or ``K`` = 0 give an empty ``[B, K, *size]``; ``h, w`` must be at least 1. An image
-    with a non-finite position comes out all NaN; the other images are unaffected.
+    ``F.interpolate(z, size, mode="bilinear", align_corners=False)``; ``"triangles"``: the
+    piecewise-linear interpolation on the lattice triangles of METHOD.md §3.1. Gradient flows to
+    ``z`` only. Batch 0 or ``K`` = 0 give an empty ``[B, K, *size]``; ``h, w`` must be at least 1.
+    An image with a non-finite position comes out all NaN; the other images are unaffected.
     """
     check_tensor("z", z, ndim=4, shape_hint="[B, K, h, w]")
     check_positions(positions)

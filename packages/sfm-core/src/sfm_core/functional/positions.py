@@ -1,4 +1,4 @@
-"""Composite positions: where each feature pixel sits in the input image (SPEC section 2).
+"""Composite positions: where each feature pixel sits in the input image (METHOD.md §2).
 
 Positions are ``[B, 2, h, w]`` tensors of normalized image coordinates ``(x, y)`` in ``(0, 1)``
 (pixel ``j`` of a ``W``-wide image has ``x = (j + 0.5) / W``). They are bookkeeping, not learned:

@@ -1,4 +1,4 @@
-"""Bilinear resampling of a feature map at a grid (SPEC section 1, step 4)."""
+"""Bilinear resampling of a feature map at a grid (METHOD.md §1, step 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Saliency sampler grid: where ARS samples, from attention logits (SPEC section 1, steps 2-3)."""
+"""Saliency sampler grid: where ARS samples, from attention logits (METHOD.md §1, steps 2-3)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Plug-and-play ARS: insert it before the stage transitions of any model, as a drop-in wrapper.
 
 ``insert_ars(model, "auto", example_input=x)`` finds the three stride-2 stage transitions after
-the stem of timm and torchvision ResNet/ResNeXt, ConvNeXt and Swin models (SPEC section 4), or
+the stem of timm and torchvision ResNet/ResNeXt, ConvNeXt and Swin models (METHOD.md §4), or
 the sites you name or choose with a predicate, and returns an :class:`SFMModel` that returns
 what ``model`` returns and whose ``state_dict`` keys are ``model``'s plus ``sfm_ars.*``.
-``wrapped.sfm_trace()`` gives the grids, logits and composite positions (SPEC section 2) of the
+``wrapped.sfm_trace()`` gives the grids, logits and composite positions (METHOD.md §2) of the
 last call, per site and per output level.
 """
 

@@ -1,6 +1,6 @@
 """Where ARS goes: downsampling layers, and the stage transitions of known model families.
 
-``sites="auto"`` (SPEC section 4) puts one ARS before each of the three stride-2 transitions after
+``sites="auto"`` (METHOD.md §4) puts one ARS before each of the three stride-2 transitions after
 the stem, at the input of the whole stage (or downsampling layer), so that every branch of its
 first residual block sees the same warped map. Families are recognised by the class of the
 site modules (module path and name), so neither timm nor torchvision is imported here.

@@ -1,4 +1,4 @@
-"""What the ARS sites did in the last forward call, and where every map's pixels sit (SPEC §2).
+"""What the ARS sites did in the last forward call, and where every map's pixels sit (METHOD.md §2).
 
 During a call the sites only record references (their grid and logits); composite positions are
 composed when :meth:`Recorder.trace` is asked for them, so a forward pays nothing for them and

@@ -1,4 +1,4 @@
-"""ARS, Adaptive Resampling (SPEC section 1): a local zoom on detail before a downsampling layer."""
+"""ARS, Adaptive Resampling (METHOD.md §1): a local zoom on detail before a downsampling layer."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class AdaptiveResampling(nn.Module):
             With BatchNorm, training needs two or more images per batch (the 1×1 pyramid bin has
             one value per image, as in PSPNet); use SyncBatchNorm or :func:`group_norm` otherwise.
         backend: op backend (see :mod:`sfm_core.ops`); ``None`` follows ``SFM_BACKEND``.
-        project_init_std: 0 (SPEC): the generator's last conv starts at zero, and the layers
+        project_init_std: 0 (METHOD.md): the generator's last conv starts at zero, and the layers
             before it get no gradient until it has moved. > 0: its weight starts normal with
             this std (bias 0), so gradients reach the whole generator from the first step; the
             module then starts near the identity, not exactly at it (displacements of the order

@@ -1,4 +1,4 @@
-"""Optional edge-guidance loss (SPEC section 1): pull ARS's saliency towards label boundaries.
+"""Optional edge-guidance loss (METHOD.md §1): pull ARS's saliency towards label boundaries.
 
 Choices (the sources leave them open): labels are resized by nearest neighbour at pixel centres;
 a boundary pixel is a valid pixel with a valid 4-neighbour of another label (both sides of an edge
@@ -49,7 +49,7 @@ def edge_guidance_loss(
             found there, so 1–3 px structures that a nearest resize to ``H × W`` drops still
             count; blurred with ``sigma`` scaled to label pixels (``sigma·Hl/H``, ``sigma·Wl/W``);
             read bilinearly at ``positions``; a pixel takes part when the label nearest its
-            position is not ignored. None: SPEC section 1's target at ``H × W``.
+            position is not ignored. None: METHOD.md §1's target at ``H × W``.
 
     Returns:
         A scalar in float32 (float64 for float64 logits); 0 (attached to ``logits``) for batch 0.

@@ -1,4 +1,4 @@
-"""Attention-logit generators of ARS (SPEC section 1.1): where the map should be sampled densely.
+"""Attention-logit generators of ARS (METHOD.md §1, step 1): where the map should be sampled densely.
 
 Each generator maps features ``[B, C, H, W]`` to logits ``[B, 1, H, W]`` and ends in a
 zero-initialised convolution, so the logits start constant and ARS starts as the exact identity.

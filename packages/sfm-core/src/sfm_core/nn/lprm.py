@@ -1,4 +1,4 @@
-"""Cascaded local pixel relations, LPRM (SPEC section 3.2): multi-scale dynamic refinement."""
+"""Cascaded local pixel relations, LPRM (METHOD.md §3.2): multi-scale dynamic refinement."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MSAU, Multi-Scale Adaptive Upsampling (SPEC section 3): demodulation plus LPRM refinement."""
+"""MSAU, Multi-Scale Adaptive Upsampling (METHOD.md §3): demodulation plus LPRM refinement."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class MultiScaleAdaptiveUpsampling(nn.Module):
     plain non-uniform upsampling (the LPRM gates start at 0); ``gated=False`` gives the authors'
     ungated cascade, which does not. ``method`` chooses the non-uniform upsampling:
     ``"quads"`` (default; exactly bilinear resizing on a uniform lattice, so a fresh MSAU on
-    unwarped features is plain bilinear upsampling) or SPEC 3.1's ``"triangles"``.
+    unwarped features is plain bilinear upsampling) or METHOD.md §3.1's ``"triangles"``.
     """
 
     def __init__(

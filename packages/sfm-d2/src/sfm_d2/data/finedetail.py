@@ -1,6 +1,6 @@
 """The built-in fine-detail dataset: procedurally generated, seeded, made on first use.
 
-Why it exists: SFM is about detail that strided layers lose (SPEC §5), so the default dataset
+Why it exists: SFM is about detail that strided layers lose (METHOD.md §5), so the default dataset
 is hard exactly there, while a tiny Mask2Former still trains on it on 2 CPU cores in minutes.
 Every image is ``size`` x ``size`` RGB (default 128) on a textured background (multi-octave
 "cloud" noise plus pixel noise). Classes (id: name, what it is):

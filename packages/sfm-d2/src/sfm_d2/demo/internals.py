@@ -45,7 +45,7 @@ def model_aliasing(
     control: str = "own",
     shift: float = 0.5,
 ) -> tuple[LayerAliasing, ...]:
-    """Mean aliasing ratio (SPEC section 5) at the input of every downsampling layer over ``batches``.
+    """Mean aliasing ratio (METHOD.md §5) at the input of every downsampling layer over ``batches``.
 
     Each patch merging is a stride-2 layer; convs and pools use their own stride. ``control``
     picks the grid every ARS resamples at (:mod:`sfm_core.analysis.controls`): ``"own"`` (the
@@ -131,7 +131,7 @@ def ars_views(backbone: nn.Module, batch: torch.Tensor) -> list[ArsView]:
     """Every ARS of an SFM backbone on ``batch``; empty for a backbone without ARS.
 
     The grid an ARS returns is relative to its own input map, which already lives on the warped
-    lattice of earlier ARS; composing it with the input's positions (SPEC section 2) gives where
+    lattice of earlier ARS; composing it with the input's positions (METHOD.md §2) gives where
     each sample sits in the image.
     """
     ars_modules = getattr(backbone, "ars", None)

@@ -205,7 +205,7 @@ def write_report(
         "Metrics on the validation split, in percent; boundary IoU is the IoU of the inner "
         "boundary bands of each class (sfm_d2.evaluation). The aliasing ratio is the share of the "
         "power spectrum beyond the Nyquist line of each downsampling layer's stride, measured on "
-        "what enters the layer and averaged over the validation images (SPEC section 5); lower "
+        "what enters the layer and averaged over the validation images (METHOD.md §5); lower "
         "means less is folded. For models with ARS the same is measured with every ARS resampling at "
         "another image's grid, at a uniform half-pixel shift, and not at all: bilinear resampling "
         "is itself a blur, so only own-grid values below the first two controls show modulation. "

@@ -262,7 +262,7 @@ def write_study_report(
         "",
         aliasing_table(plan, means),
         "",
-        "Mean over runs of the aliasing ratio entering each downsampling layer (SPEC section 5), "
+        "Mean over runs of the aliasing ratio entering each downsampling layer (METHOD.md §5), "
         "with every ARS resampling at its own grid, at another image's grid, at a uniform "
         "half-pixel shift, or not at all. Bilinear resampling off the pixel centres is a blur, so "
         "only an own-grid ratio below the first two controls is modulation.",

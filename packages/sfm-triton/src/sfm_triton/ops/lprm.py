@@ -1,4 +1,4 @@
-"""``lprm_aggregate``: the dilated 3x3 dynamic aggregation of SPEC 3.2 as Triton kernels.
+"""``lprm_aggregate``: the dilated 3x3 dynamic aggregation of METHOD.md §3.2 as Triton kernels.
 
 Forward: one program owns a block of pixels x a block of channels; it loads the pixel's 9 logits,
 takes their softmax in registers (the normalised weights are never written) and accumulates the

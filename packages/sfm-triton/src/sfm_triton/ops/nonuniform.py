@@ -1,8 +1,8 @@
-"""Non-uniform upsampling (SPEC 3.1) as Triton kernels: ``rasterize``, ``gather`` and their composition.
+"""Non-uniform upsampling (METHOD.md §3.1) as Triton kernels: ``rasterize``, ``gather`` and their composition.
 
 Both methods of the reference (:mod:`sfm_core.functional.lattice_cells`): ``"quads"`` (default;
 bilinear within the quads of the lattice extended by its ring to the target's edge pixel
-centres, 4 taps) and ``"triangles"`` (SPEC 3.1, 3 taps).
+centres, 4 taps) and ``"triangles"`` (METHOD.md §3.1, 3 taps).
 
 ``rasterize`` (not differentiable), four launches with fixed shapes (the compaction counter would
 not survive the autotuner's repeated timing runs), containment decided in float64 like the

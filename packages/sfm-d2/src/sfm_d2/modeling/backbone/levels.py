@@ -2,7 +2,7 @@
 and the composite-position bookkeeping around the ARS modules.
 
 ARS sits on a stage's output (after it was tapped as a feature) and before the next downsampling;
-positions follow SPEC section 2 (identity before the first ARS, composed at an ARS, resized across
+positions follow METHOD.md §2 (identity before the first ARS, composed at an ARS, resized across
 a stride-2 layer).
 """
 

@@ -1,6 +1,6 @@
 """Names of the extra entries an SFM backbone's output dict carries beside its feature maps.
 
-Every returned level ``"resN"`` comes with its composite positions (SPEC section 2) under
+Every returned level ``"resN"`` comes with its composite positions (METHOD.md §2) under
 :func:`positions_key`, and every ARS that ran puts its attention logits (for the edge-guidance
 loss) under :func:`ars_logits_key` of the stage it precedes. ``output_shape()`` lists only the
 feature levels, as detectron2's Backbone contract expects; heads pick features by name, so the

@@ -1,4 +1,4 @@
-"""SFM ResNet: detectron2's own ResNet with ARS on the input of res3, res4 and res5 (SPEC §4).
+"""SFM ResNet: detectron2's own ResNet with ARS on the input of res3, res4 and res5 (METHOD.md §4).
 
 Built from detectron2's ``BasicStem``, ``BasicBlock``/``BottleneckBlock``/``DeformBottleneckBlock``
 and ``ResNet.make_stage`` exactly as ``build_resnet_backbone`` builds them, so parameter names

@@ -3,7 +3,7 @@
 Training: normalise, pad the batch to ``MASK_FORMER.SIZE_DIVISIBILITY``, backbone, head, then the
 set criterion against per-class masks (zero-padded to the batch size); each loss times its weight
 (``loss_ce/mask/dice`` and their ``_i`` deep-supervision copies, others dropped), plus
-``loss_edge`` (SPEC §1, optional) from the ARS attention logits the backbone returns.
+``loss_edge`` (METHOD.md §1, optional) from the ARS attention logits the backbone returns.
 
 Inference (semantic only): ``Σ_q softmax(class)_q[:K] · sigmoid(mask_q)`` as the official model,
 computed over chunks of queries so that at most ``inference_chunk`` full-size masks exist at once

@@ -6,11 +6,11 @@ Pure PyTorch (the detectron2 registration lives in :mod:`.head`). The layout fol
 post-norm encoder layers (MSDeformAttn self-attention, FFN, ReLU), then the extra FPN level from
 res2 (lateral 1×1, upsampled 1/8 map added, 3×3 output conv) and the 1×1 mask-feature conv.
 
-SFM touch points (SPEC §4, each off by default, all off = the official decoder):
+SFM touch points (METHOD.md §4, each off by default, all off = the official decoder):
 ``warped_positional_encoding`` encodes each level's true image positions (the backbone's composite
 positions) instead of its lattice; ``nonuniform_upsample`` brings the warped 1/8 map to the uniform
-1/4 level by non-uniform upsampling (SPEC §3.1) instead of bilinear resizing; ``lprm`` refines the
-mask features with the gated LPRM cascade (SPEC §3.2), an identity at initialisation.
+1/4 level by non-uniform upsampling (METHOD.md §3.1) instead of bilinear resizing; ``lprm`` refines the
+mask features with the gated LPRM cascade (METHOD.md §3.2), an identity at initialisation.
 Reference points stay the lattice's pixel centres: deformable sampling happens in lattice
 coordinates, where a warped level's values are stored.
 """
@@ -173,7 +173,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         warped_positional_encoding, nonuniform_upsample, lprm: the SFM switches (module doc).
         upsample_method: the non-uniform upsampling's ``method`` (``"quads"``: exactly bilinear
             on a uniform lattice, so the switch alone leaves a plain model unchanged;
-            ``"triangles"``: SPEC 3.1).
+            ``"triangles"``: METHOD.md §3.1).
         lprm_dilations, lprm_gated, lprm_norm_layer: the LPRM cascade when ``lprm``.
         backend: ``sfm_core.ops`` backend of the deformable attention and the SFM ops.
     """

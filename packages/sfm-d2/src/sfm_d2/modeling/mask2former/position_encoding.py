@@ -1,4 +1,4 @@
-"""Sine positional encodings of feature maps, uniform or at true image positions (SPEC section 4).
+"""Sine positional encodings of feature maps, uniform or at true image positions (METHOD.md §4).
 
 Mask2Former encodes each memory pixel by its place on the map's own uniform lattice. After an ARS
 the pixels of a warped level no longer sit on that lattice, so the grid-aware variant encodes the

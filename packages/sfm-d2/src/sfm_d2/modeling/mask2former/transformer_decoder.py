@@ -1,7 +1,7 @@
 """Mask2Former's multi-scale masked-attention transformer decoder, with SFM's two touch points.
 
 Queries attend, level by level (1/32, 1/16, 1/8, round robin), only to the memory pixels that their
-previous mask prediction covers. SFM (SPEC section 4, items 1 and 4) changes two things on warped
+previous mask prediction covers. SFM (METHOD.md §4, items 1 and 4) changes two things on warped
 levels, each behind a switch: the memory's positional encoding comes from the level's composite
 positions, and the attention mask is the mask logits sampled at those positions instead of a plain
 resize. With both switches off, or no positions, this is plain Mask2Former (same parameter names,
