@@ -149,7 +149,7 @@ def test_killed_and_resumed_runs_end_identical_to_an_unkilled_run(
         [
             sys.executable,
             "-c",
-            "from sfm_d2.data.config_datasets import _load_quick_finedetail as f;f('train')",
+            "from sfm_d2.data.config_datasets import QUICK_FINEDETAIL;QUICK_FINEDETAIL.load('train')",
         ],
         env=env,
         check=True,

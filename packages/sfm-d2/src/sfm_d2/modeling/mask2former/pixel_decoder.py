@@ -323,7 +323,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         if not self.nonuniform_upsample:
             return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
         if positions is None:  # a plain backbone's levels are uniform lattices
-            batch, _, h, w = x.shape
+            batch, _, h, w = (int(s) for s in x.shape)  # ints under tracing too
             positions = identity_positions(batch, h, w, device=x.device, dtype=torch.float32)
         return ops.nonuniform_upsample(
             x, positions, (height, width), method=self.upsample_method, backend=self.backend

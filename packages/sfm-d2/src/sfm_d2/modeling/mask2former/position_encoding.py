@@ -85,7 +85,8 @@ class PositionEmbeddingSine(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must be a 4-D tensor [B, C, h, w], got {shape}")
-        batch, _, height, width = x.shape
+        # int(): under tracing (fvcore's FLOP count) sizes come as tensors; the trace fixes them.
+        batch, _, height, width = (int(size) for size in x.shape)
         if positions is None:
             dtype = compute_dtype(x.dtype) if x.dtype.is_floating_point else torch.float32
             positions = identity_positions(batch, height, width, device=x.device, dtype=dtype)
