@@ -38,12 +38,19 @@ class Backend:
     """A set of op implementations with the reference's signatures.
 
     ``check(device)`` returns ``None`` when the backend can run on ``device``, otherwise the reason
-    it cannot (shown to the user when the backend was forced).
+    it cannot (shown to the user when the backend was forced). ``forced_only`` names ops that run
+    only when the backend is asked for by name; ``"auto"`` leaves them to the reference (an
+    implementation that is exact but not measured faster).
     """
 
     name: str
     ops: dict[str, Callable[..., Any]]
     check: Callable[[torch.device], str | None] = field(default=lambda device: None)
+    forced_only: frozenset[str] = frozenset()
+
+    def picks(self, op: str) -> bool:
+        """Whether ``"auto"`` runs ``op`` here (given a device the backend can run on)."""
+        return op in self.ops and op not in self.forced_only
 
 
 _loaded: dict[str, Backend] | None = None
@@ -106,10 +113,10 @@ def resolve(op: str, device: torch.device, backend: str | None) -> Backend | Non
     if choice == AUTO:
         if device.type == "cpu":
             cpu = plugins()[CPU]
-            return cpu if op in cpu.ops and not is_tracing() else None
+            return cpu if cpu.picks(op) and not is_tracing() else None
         if device.type == "cuda":
             for candidate in plugins().values():
-                if op in candidate.ops and candidate.check(device) is None:
+                if candidate.picks(op) and candidate.check(device) is None:
                     return candidate
         return None
     plugin = plugins()[choice]
