@@ -26,6 +26,7 @@ nox.options.sessions = [
     "tests-core",
     "tests-triton",
     "tests-d2",
+    "tests-d2-main",
     "tests-newest",
 ]
 

@@ -10,7 +10,8 @@
 #                       extension is compiled against it), setuptools, wheel support in pip, and
 #                       ninja (parallel compile).
 #   DETECTRON2_TARBALL  the source; default ../shared/detectron2/detectron2-02b5c4e.tar.gz next
-#                       to the repo root. Only read when the wheel is not cached.
+#                       to the repo root or, for a local clone, next to the repository it was
+#                       cloned from (git's origin). Only read when the wheel is not cached.
 #   OUTDIR              where the wheel goes; default
 #                       ${XDG_CACHE_HOME:-~/.cache}/sfm/detectron2/main-<sha256[:12]>-<python tag>-torch<version>
 #                       outside the clone, so that a fresh clone reuses it. The compiled `_C` only
@@ -25,7 +26,16 @@ TARBALL_SHA256=242b9d82c5479746ea3e4bbec5c0f4bea881ded85df269ad87e3f7de516a4c56
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 PY=${PYTHON:-python3}
-TARBALL=${DETECTRON2_TARBALL:-$ROOT/../shared/detectron2/detectron2-02b5c4e.tar.gz}
+TARBALL_NAME=shared/detectron2/detectron2-02b5c4e.tar.gz
+if [[ -n ${DETECTRON2_TARBALL:-} ]]; then
+    TARBALL=$DETECTRON2_TARBALL
+else
+    TARBALL=$ROOT/../$TARBALL_NAME
+    origin=$(git -C "$ROOT" remote get-url origin 2>/dev/null || true)
+    if [[ ! -f $TARBALL && -d $origin ]]; then
+        TARBALL=$origin/../$TARBALL_NAME
+    fi
+fi
 log() { echo "build_detectron2_main_wheel: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 

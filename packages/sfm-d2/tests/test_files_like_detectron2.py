@@ -21,6 +21,9 @@ from sfm_d2.data import register_semantic_dataset
 from sfm_d2.engine.checkpointer import SFMCheckpointer
 from sfm_d2.evaluation import SFMSemSegEvaluator
 
+# Keys of the boundary IoU that detectron2 main (not 0.6) adds to SemSegEvaluator's results.
+DETECTRON2_MAIN_BOUNDARY = ("BoundaryIoU", "min(IoU, B-Iou)")
+
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_checkpoint_files_get_the_mode_the_umask_gives(umask: int, tmp_path: Path) -> None:
@@ -90,8 +93,11 @@ def test_evaluator_writes_detectron2s_files_and_its_own(
         assert {p["category_id"] for p in predictions} == {10, 20}
     ours_pth = torch.load(ours / "sem_seg_evaluation.pth", weights_only=True)
     theirs_pth = torch.load(theirs / "sem_seg_evaluation.pth", weights_only=False)
-    assert set(theirs_pth) < set(ours_pth)  # ours adds boundary IoU
-    for key, value in theirs_pth.items():
+    # detectron2 main (not 0.6) adds a boundary IoU of its own (band = 2 % of the image diagonal,
+    # and min(IoU, boundary IoU)); ours has a band width in pixels: only region metrics compare.
+    region = {k: v for k, v in theirs_pth.items() if not k.startswith(DETECTRON2_MAIN_BOUNDARY)}
+    assert set(region) < set(ours_pth)  # ours adds boundary IoU
+    for key, value in region.items():
         if math.isfinite(value):
             assert ours_pth[key] == pytest.approx(float(value), rel=1e-9), key
     saved = json.loads((ours / "sem_seg_evaluation.json").read_text())
