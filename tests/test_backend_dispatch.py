@@ -86,8 +86,8 @@ def test_environment_variable_selects_the_backend(
 def test_auto_picks_triton_for_cuda_only(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SFM_BACKEND", raising=False)
     reference = getattr(functional, name)
-    # CPU tensors: sfm-core's built-in cpu backend where it has the op, else the reference.
-    on_cpu = CPU_BACKEND.ops.get(name, reference)
+    # CPU tensors: sfm-core's built-in cpu backend where auto picks its op, else the reference.
+    on_cpu = CPU_BACKEND.ops[name] if CPU_BACKEND.picks(name) else reference
     assert implementation(name, torch.device("cpu"), None, reference) is on_cpu
     if torch.cuda.is_available():
         assert implementation(name, torch.device("cuda"), None, reference) is BACKEND.ops[name]
