@@ -85,22 +85,32 @@ def tests_triton(session: nox.Session) -> None:
 
 
 DETECTRON2_WHEEL_SCRIPT = "tools/build_detectron2_wheel.sh"
+DETECTRON2_MAIN_WHEEL_SCRIPT = "tools/build_detectron2_main_wheel.sh"
 
 
-def detectron2_wheel(session: nox.Session) -> str:
-    """Path of the Python-only detectron2 0.6 wheel, built (or found cached) in this session's env.
+def built_wheel(session: nox.Session, script: str, *build_requirements: str) -> str:
+    """Path of the wheel ``script`` builds (or finds cached) for this session's interpreter.
 
-    The build runs detectron2's setup.py, which imports torch, and needs the pinned setuptools and
-    pip (tools/build_detectron2_wheel.sh says why), so those go in first.
+    The build tools go into the session's env first: detectron2's setup.py imports torch.
     """
-    install(session, "torch", "setuptools", "pip")
+    install(session, "torch", *build_requirements)
     python = str(Path(session.bin) / "python")
-    output = session.run(
-        "bash", DETECTRON2_WHEEL_SCRIPT, env={"PYTHON": python}, silent=True, external=True
-    )
+    output = session.run("bash", script, env={"PYTHON": python}, silent=True, external=True)
     wheel = str(output).strip().splitlines()[-1]
     session.log(f"detectron2 wheel: {wheel}")
     return wheel
+
+
+def detectron2_wheel(session: nox.Session) -> str:
+    """The Python-only detectron2 0.6 wheel; its build needs the pinned setuptools and pip
+    (tools/build_detectron2_wheel.sh says why)."""
+    return built_wheel(session, DETECTRON2_WHEEL_SCRIPT, "setuptools", "pip")
+
+
+def detectron2_main_wheel(session: nox.Session) -> str:
+    """A detectron2 wheel compiled from its main branch (real CPU `_C`), cached outside the clone
+    (tools/build_detectron2_main_wheel.sh says where and how it is keyed)."""
+    return built_wheel(session, DETECTRON2_MAIN_WHEEL_SCRIPT, "setuptools", "pip", "ninja")
 
 
 @nox.session(name="tests-d2", python=PYTHON)
@@ -123,25 +133,6 @@ def tests_d2(session: nox.Session) -> None:
         "tests/test_gpu_check.py",
         *session.posargs,
     )
-
-
-DETECTRON2_MAIN_WHEEL_SCRIPT = "tools/build_detectron2_main_wheel.sh"
-
-
-def detectron2_main_wheel(session: nox.Session) -> str:
-    """Path of a detectron2 wheel built from its main branch (real CPU `_C`), or found cached.
-
-    The compile runs against this env's torch, with setuptools and ninja; the wheel is cached
-    outside the clone (tools/build_detectron2_main_wheel.sh says where and how it is keyed).
-    """
-    install(session, "torch", "setuptools", "pip", "ninja")
-    python = str(Path(session.bin) / "python")
-    output = session.run(
-        "bash", DETECTRON2_MAIN_WHEEL_SCRIPT, env={"PYTHON": python}, silent=True, external=True
-    )
-    wheel = str(output).strip().splitlines()[-1]
-    session.log(f"detectron2 wheel: {wheel}")
-    return wheel
 
 
 @nox.session(name="tests-d2-main", python=PYTHON)
