@@ -221,29 +221,26 @@ def _require(ok: bool, key: str, expected: str, value: object) -> None:
         raise ValueError(f"MODEL.SFM.{key} must be {expected}, got {value!r}")
 
 
+def _require_stage_list(stages: Any, key: str, what: str) -> None:
+    """A list of distinct names from ARS_STAGE_NAMES; ``[]`` turns ``what`` off."""
+    _require(
+        isinstance(stages, (list, tuple))
+        and all(s in ARS_STAGE_NAMES for s in stages)
+        and len(set(stages)) == len(stages),
+        key,
+        f"a list of distinct stage names from {list(ARS_STAGE_NAMES)} ([] turns {what} off)",
+        stages,
+    )
+
+
 def validate_sfm_config(cfg: CfgNode) -> None:
     """Raise ``ValueError`` naming the key for any invalid ``MODEL.SFM.*`` value."""
     if "SFM" not in cfg.MODEL:
         raise ValueError("cfg has no MODEL.SFM node: call sfm_d2.add_sfm_config(cfg) first")
     sfm = cfg.MODEL.SFM
-    stages = sfm.ARS_STAGES
-    _require(
-        isinstance(stages, (list, tuple))
-        and all(s in ARS_STAGE_NAMES for s in stages)
-        and len(set(stages)) == len(stages),
-        "ARS_STAGES",
-        f"a list of distinct stage names from {list(ARS_STAGE_NAMES)} ([] turns ARS off)",
-        stages,
-    )
+    _require_stage_list(sfm.ARS_STAGES, "ARS_STAGES", "ARS")
     lowpass = sfm.LOWPASS_STAGES
-    _require(
-        isinstance(lowpass, (list, tuple))
-        and all(s in ARS_STAGE_NAMES for s in lowpass)
-        and len(set(lowpass)) == len(lowpass),
-        "LOWPASS_STAGES",
-        f"a list of distinct stage names from {list(ARS_STAGE_NAMES)} ([] turns it off)",
-        lowpass,
-    )
+    _require_stage_list(lowpass, "LOWPASS_STAGES", "it")
     _require(
         not lowpass or cfg.MODEL.BACKBONE.NAME == "build_sfm_swin_backbone",
         "LOWPASS_STAGES",
